@@ -1,0 +1,1 @@
+"""smashlib's algorithms, one module per algorithm, a folder per group (installed as smashlib.algorithms)."""

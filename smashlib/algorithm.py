@@ -1,0 +1,136 @@
+"""The interface every algorithm implements: what it declares as data, and the hooks smash() calls.
+
+An algorithm is a class in ``algorithms/<group>/<name>.py``. Its class attributes are data that the
+core reads without running any of its code (the configuration space, checks, documentation); its
+methods do the work. Heavy packages (torchao, bitsandbytes, ...) are imported inside the methods, so
+``import smashlib`` stays light and an algorithm whose package is missing is still listed.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from packaging.requirements import Requirement
+
+if TYPE_CHECKING:  # imported for type hints only: keeps `import smashlib` free of torch at import
+    import torch
+
+    from smashlib.components import Components
+
+#: The groups, in the order smash() applies them. Why this order:
+#: distiller first (it changes the architecture, everything after works on the student); pruner before
+#: quantizer (remove weights before they are quantized); recoverer after both (trains what compression
+#: damaged, on the final weights); cacher, then compiler (compile the final graph, caches included);
+#: batcher last (it wraps calls to the finished model).
+GROUP_ORDER: tuple[str, ...] = (
+    "distiller",
+    "pruner",
+    "quantizer",
+    "recoverer",
+    "cacher",
+    "compiler",
+    "batcher",
+)
+
+#: Groups whose effect lives only in the running process: nothing of theirs is saved, and loading a
+#: smashed model applies them again.
+RUNTIME_GROUPS: frozenset[str] = frozenset({"cacher", "compiler", "batcher"})
+
+#: Components an algorithm can require, and the SmashConfig call that attaches each.
+COMPONENT_FIXES: dict[str, str] = {
+    "tokenizer": "cfg.add_tokenizer(...)",
+    "processor": "cfg.add_processor(...)",
+    "data": "cfg.add_data(...)",
+}
+
+
+class Algorithm:
+    """Base class of every algorithm.
+
+    Subclasses set the class attributes below and implement :meth:`apply`. Algorithms that change
+    weights implement :meth:`prepare_for_loading` when their saved tensors need another module
+    structure than the plain model (quantized layers), so that loading never needs calibration data.
+    """
+
+    #: Unique name, used as the choice in its group and as the prefix of its hyperparameters.
+    name: ClassVar[str] = ""
+    #: One of GROUP_ORDER.
+    group: ClassVar[str] = ""
+    #: Devices it runs on ("cpu", "cuda").
+    runs_on: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    #: Components it needs: any of "tokenizer", "processor", "data".
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: Requirement strings of the packages it imports lazily, e.g. ("torchao>=0.12",).
+    needs_packages: ClassVar[tuple[str, ...]] = ()
+    #: The pip extra that installs those packages, named in the error when one is missing.
+    extra: ClassVar[str | None] = None
+    #: Names of algorithms in other groups it cannot be combined with (turned into forbidden clauses).
+    incompatible_with: ClassVar[tuple[str, ...]] = ()
+    #: ConfigSpace hyperparameters with unprefixed names; the registry prefixes them with ``name_``.
+    hyperparameters: ClassVar[tuple[Any, ...]] = ()
+    #: One line for the docs and `smashlib algorithms`.
+    summary: ClassVar[str] = ""
+
+    # ------------------------------------------------------------------ declared-data helpers
+    @classmethod
+    def missing_packages(cls) -> list[str]:
+        """The requirements in ``needs_packages`` that are not installed at a matching version."""
+        missing = []
+        for spec in cls.needs_packages:
+            requirement = Requirement(spec)
+            try:
+                version = importlib.metadata.version(requirement.name)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(spec)
+                continue
+            if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
+                missing.append(f"{spec} (found {version})")
+        return missing
+
+    @classmethod
+    def install_hint(cls) -> str:
+        extra = f"pip install 'smashlib[{cls.extra}]'" if cls.extra else "pip install " + " ".join(
+            f"'{p}'" for p in cls.needs_packages
+        )
+        return extra
+
+    @property
+    def saves_state(self) -> bool:
+        """Whether the algorithm's effect is stored in the saved weights (else it is re-applied at load)."""
+        return self.group not in RUNTIME_GROUPS
+
+    # ------------------------------------------------------------------ hooks
+    def check_settings(self, settings: dict[str, Any], device: str) -> None:
+        """Raise a SmashError when a combination of this algorithm's own settings cannot run on ``device``.
+
+        ``settings`` holds this algorithm's hyperparameters without the prefix.
+        """
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Raise UnsupportedModelError, with the reason, when this algorithm cannot handle ``model``."""
+
+    def apply(self, model: torch.nn.Module, settings: dict[str, Any], components: Components) -> torch.nn.Module:
+        """Smash ``model`` in place where possible and return it (or its replacement)."""
+        raise NotImplementedError
+
+    def prepare_for_loading(self, model: torch.nn.Module, settings: dict[str, Any]) -> torch.nn.Module:
+        """Give a freshly built model (possibly on the meta device) the module structure of the smashed one.
+
+        Called at load time, before the saved tensors are loaded into it; no data, no calibration.
+        The default fits algorithms whose saved tensors have the plain model's structure (pruning).
+        """
+        return model
+
+    def after_loading(self, model: torch.nn.Module, settings: dict[str, Any]) -> torch.nn.Module:
+        """Finish a model whose saved tensors are loaded (repack kernels, re-register hooks).
+
+        Runtime algorithms (cacher, compiler, batcher) are simply applied again.
+        """
+        if not self.saves_state:
+            from smashlib.components import Components
+
+            return self.apply(model, settings, Components())
+        return model
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.group}:{self.name}>"

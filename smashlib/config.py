@@ -1,0 +1,331 @@
+"""SmashConfig: which algorithms to apply, with which hyperparameters, and the components they need.
+
+A dictionary-style front for one ConfigSpace ``ConfigurationSpace`` (see :mod:`smashlib.registry`):
+groups are categoricals, hyperparameters are ``<algorithm>_<name>`` and active only while their
+algorithm is chosen, incompatible pairs are forbidden clauses. Every assignment is checked at once,
+so a mistake is reported where it is made, not halfway through ``smash()``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ConfigSpace import Configuration, ConfigurationSpace
+
+from smashlib import registry
+from smashlib.algorithm import COMPONENT_FIXES, GROUP_ORDER, Algorithm
+from smashlib.components import Components, describe_pretrained
+from smashlib.errors import (
+    HyperparameterValueError,
+    InactiveHyperparameterError,
+    IncompatibleAlgorithmsError,
+    MissingPackageError,
+    SmashConfigError,
+    UnknownNameError,
+    UnsupportedDeviceError,
+    did_you_mean,
+)
+
+#: Version of the JSON layout written by save_json; loading a newer one is refused with a clear error.
+SCHEMA_VERSION = 1
+DEVICES = ("cpu", "cuda")
+
+
+def plain(value: Any) -> Any:
+    """ConfigSpace hands back numpy scalars; users and JSON want Python's own types."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and not isinstance(value, (str, bytes)) else value
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _describe_legal(hyperparameter: Any) -> str:
+    choices = getattr(hyperparameter, "choices", None)
+    if choices is not None:
+        return "one of " + ", ".join(repr(plain(c)) for c in choices)
+    sequence = getattr(hyperparameter, "sequence", None)
+    if sequence is not None:
+        return "one of " + ", ".join(repr(plain(c)) for c in sequence)
+    if hasattr(hyperparameter, "lower"):
+        return f"between {plain(hyperparameter.lower)} and {plain(hyperparameter.upper)}"
+    return f"the constant {plain(getattr(hyperparameter, 'value', None))!r}"
+
+
+def _coerce(hyperparameter: Any, value: Any) -> Any:
+    """Accept what a user naturally writes (4 for 4.0, numpy scalars) without accepting nonsense."""
+    value = plain(value)
+    kind = type(hyperparameter).__name__
+    if "Integer" in kind and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if "Float" in kind and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+class SmashConfig(Mapping):
+    """Choices of algorithms and their hyperparameters, plus the tokenizer, processor and data they need.
+
+    >>> cfg = SmashConfig({"quantizer": "half"})
+    >>> cfg["half_dtype"] = "float16"
+    >>> cfg["quantizer"], cfg["half_dtype"]
+    ('half', 'float16')
+    """
+
+    def __init__(self, values: Mapping[str, Any] | None = None, device: str | None = None) -> None:
+        if device is not None and device not in DEVICES:
+            raise SmashConfigError(f"unknown device '{device}': use one of {', '.join(DEVICES)}.")
+        self.device: str = device or default_device()
+        self.components = Components()
+        self._values: dict[str, Any] = {}
+        values = dict(values or {})
+        # groups first, so that hyperparameters given in the same dict find their algorithm active
+        for key in sorted(values, key=lambda k: k not in GROUP_ORDER):
+            self[key] = values[key]
+
+    # ------------------------------------------------------------------ the space
+    @staticmethod
+    def space() -> ConfigurationSpace:
+        """The ConfigSpace space behind every SmashConfig (shared, do not modify)."""
+        return registry.configuration_space()
+
+    def configuration(self) -> Configuration:
+        """These values as a validated ConfigSpace ``Configuration``."""
+        space = self.space()
+        values = {group: None for group in GROUP_ORDER}
+        values.update(self._values)
+        return Configuration(space, values=values)
+
+    @classmethod
+    def from_configuration(cls, configuration: Configuration, device: str | None = None) -> SmashConfig:
+        """A SmashConfig from a Configuration sampled from :meth:`space` (for search methods)."""
+        return cls({k: v for k, v in dict(configuration).items() if plain(v) is not None}, device=device)
+
+    # ------------------------------------------------------------------ dictionary access
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in GROUP_ORDER:
+            self._set_group(key, value)
+        elif key in self.space():
+            self._set_hyperparameter(key, value)
+        else:
+            known = [*GROUP_ORDER, *self.space().keys()]
+            raise UnknownNameError(
+                f"unknown configuration key '{key}'.{did_you_mean(key, known)} Groups: {', '.join(GROUP_ORDER)}; "
+                "hyperparameters are named <algorithm>_<name> (see smashlib.algorithms_table())."
+            )
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._values:
+            return self._values[key]
+        if key in GROUP_ORDER:
+            return None
+        if key in self.space():
+            owner = self._owner_of(key)
+            raise InactiveHyperparameterError(
+                f"'{key}' is inactive: it belongs to '{owner.name}', which is not the chosen {owner.group}. "
+                f"Set cfg['{owner.group}'] = '{owner.name}' first."
+            )
+        raise UnknownNameError(f"unknown configuration key '{key}'.{did_you_mean(key, [*GROUP_ORDER, *self.space()])}")
+
+    def __delitem__(self, key: str) -> None:
+        if key not in GROUP_ORDER:
+            raise SmashConfigError(f"only groups can be removed (cfg['{key}'] cannot); set a group to None instead.")
+        self._set_group(key, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SmashConfig):
+            return NotImplemented
+        return self._values == other._values and self.device == other.device
+
+    def to_dict(self) -> dict[str, Any]:
+        """The active keys and values as plain Python (groups with no algorithm are left out)."""
+        return dict(self._values)
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        for key in sorted(values, key=lambda k: k not in GROUP_ORDER):
+            self[key] = values[key]
+
+    # ------------------------------------------------------------------ what smash() reads
+    def chosen_algorithms(self) -> list[Algorithm]:
+        """The chosen algorithms, in the order smash() applies them."""
+        return [registry.get_algorithm(self._values[g]) for g in GROUP_ORDER if g in self._values]
+
+    def settings_for(self, algorithm: Algorithm | str) -> dict[str, Any]:
+        """The algorithm's hyperparameters without their prefix, e.g. {'dtype': 'bfloat16'}."""
+        name = algorithm if isinstance(algorithm, str) else algorithm.name
+        algorithm = registry.get_algorithm(name)
+        return {hp.name: self._values[f"{name}_{hp.name}"] for hp in algorithm.hyperparameters}
+
+    # ------------------------------------------------------------------ components
+    def add_tokenizer(self, tokenizer: Any, **kwargs: Any) -> None:
+        """Attach a tokenizer: an object, or a Hub id / local path loaded with AutoTokenizer."""
+        if isinstance(tokenizer, (str, os.PathLike)):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), **kwargs)
+        self.components.tokenizer = tokenizer
+        self.components.descriptions["tokenizer"] = describe_pretrained(tokenizer)
+
+    def add_processor(self, processor: Any, **kwargs: Any) -> None:
+        """Attach a processor: an object, or a Hub id / local path loaded with AutoProcessor."""
+        if isinstance(processor, (str, os.PathLike)):
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(str(processor), **kwargs)
+        self.components.processor = processor
+        self.components.descriptions["processor"] = describe_pretrained(processor)
+
+    def add_data(self, data: Any, **kwargs: Any) -> None:
+        """Attach calibration/evaluation data (see :mod:`smashlib.data` for the accepted forms)."""
+        from smashlib.data import attach_data
+
+        self.components.data, self.components.descriptions["data"] = attach_data(self, data, **kwargs)
+
+    def missing_components(self) -> list[tuple[Algorithm, str]]:
+        """(algorithm, component) pairs that smash() would refuse."""
+        return [
+            (algorithm, component)
+            for algorithm in self.chosen_algorithms()
+            for component in algorithm.requires
+            if not self.components.has(component)
+        ]
+
+    def check_components(self) -> None:
+        from smashlib.errors import MissingComponentError
+
+        missing = self.missing_components()
+        if missing:
+            algorithm, component = missing[0]
+            raise MissingComponentError(
+                f"'{algorithm.name}' needs a {component}: call {COMPONENT_FIXES[component]} before smash()."
+            )
+
+    # ------------------------------------------------------------------ JSON
+    def to_json_dict(self) -> dict[str, Any]:
+        from smashlib import __version__
+
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "smashlib_version": __version__,
+            "device": self.device,
+            "values": self.to_dict(),
+            "components": dict(self.components.descriptions),
+        }
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_json_dict(), handle, indent=2)
+            handle.write("\n")
+
+    @classmethod
+    def from_json_dict(cls, payload: Mapping[str, Any], device: str | None = None) -> SmashConfig:
+        version = payload.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise SmashConfigError(
+                f"this SmashConfig was written with schema version {version!r} (by smashlib "
+                f"{payload.get('smashlib_version', '?')}); this smashlib reads up to {SCHEMA_VERSION}: upgrade smashlib."
+            )
+        config = cls(payload.get("values", {}), device=device or payload.get("device"))
+        config.components.descriptions.update(payload.get("components", {}))
+        return config
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike, device: str | None = None) -> SmashConfig:
+        with open(path, encoding="utf-8") as handle:
+            try:
+                payload = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise SmashConfigError(f"{path} is not valid JSON: {error}") from None
+        return cls.from_json_dict(payload, device=device)
+
+    # ------------------------------------------------------------------ display
+    def __repr__(self) -> str:
+        lines = [f"SmashConfig(device='{self.device}')"]
+        for algorithm in self.chosen_algorithms():
+            lines.append(f"  {algorithm.group:<10} {algorithm.name}")
+            for key, value in self.settings_for(algorithm).items():
+                lines.append(f"    {algorithm.name}_{key} = {value!r}")
+        if len(lines) == 1:
+            lines.append("  (no algorithm chosen)")
+        for name, description in self.components.descriptions.items():
+            lines.append(f"  + {name}: {description}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ internals
+    def _set_group(self, group: str, name: Any) -> None:
+        name = plain(name)
+        if name is None or name == "None":
+            self._drop_group(group)
+            return
+        try:
+            algorithm = registry.get_algorithm(name)
+        except UnknownNameError:
+            choices = registry.algorithms_in_group(group)
+            raise UnknownNameError(
+                f"unknown {group} '{name}'.{did_you_mean(name, choices)} "
+                f"Choices for '{group}': {', '.join(choices) or '(none installed)'}, or None."
+            ) from None
+        if algorithm.group != group:
+            raise SmashConfigError(f"'{name}' is a {algorithm.group}, not a {group}: set cfg['{algorithm.group}'] = '{name}'.")
+        missing = algorithm.missing_packages()
+        if missing:
+            raise MissingPackageError(f"{name} needs {', '.join(missing)}: {algorithm.install_hint()}")
+        if self.device not in algorithm.runs_on:
+            raise UnsupportedDeviceError(
+                f"{name} runs on {', '.join(algorithm.runs_on)}, not on this config's device '{self.device}'."
+            )
+        for other_group, other_name in self._values.items():
+            if other_group in GROUP_ORDER and other_group != group and registry.incompatible_pair(name, other_name):
+                raise IncompatibleAlgorithmsError(
+                    f"{group} '{name}' cannot be combined with {other_group} '{other_name}'. "
+                    f"Set cfg['{other_group}'] = None first, or choose another {group}."
+                )
+        self._drop_group(group)
+        self._values[group] = name
+        for hyperparameter in algorithm.hyperparameters:
+            self._values[f"{name}_{hyperparameter.name}"] = plain(hyperparameter.default_value)
+
+    def _drop_group(self, group: str) -> None:
+        previous = self._values.pop(group, None)
+        if previous is not None:
+            for hyperparameter in registry.get_algorithm(previous).hyperparameters:
+                self._values.pop(f"{previous}_{hyperparameter.name}", None)
+
+    def _owner_of(self, key: str) -> Algorithm:
+        for algorithm in registry.algorithms().values():
+            if key.startswith(algorithm.name + "_") and any(
+                key == f"{algorithm.name}_{hp.name}" for hp in algorithm.hyperparameters
+            ):
+                return algorithm
+        raise UnknownNameError(f"no algorithm owns '{key}'")  # unreachable for keys of the space
+
+    def _set_hyperparameter(self, key: str, value: Any) -> None:
+        owner = self._owner_of(key)
+        if self._values.get(owner.group) != owner.name:
+            raise InactiveHyperparameterError(
+                f"'{key}' is inactive: it belongs to '{owner.name}', which is not the chosen {owner.group}. "
+                f"Set cfg['{owner.group}'] = '{owner.name}' first."
+            )
+        hyperparameter = self.space()[key]
+        value = _coerce(hyperparameter, value)
+        try:
+            legal = hyperparameter.legal_value(value)
+        except (TypeError, ValueError):
+            legal = False
+        if not legal:
+            raise HyperparameterValueError(f"{key} = {value!r} is not allowed: use {_describe_legal(hyperparameter)}.")
+        self._values[key] = value

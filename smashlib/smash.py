@@ -1,0 +1,60 @@
+"""smash(): check everything that can be checked, then apply the chosen algorithms in group order."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from smashlib.config import SmashConfig
+from smashlib.errors import MissingPackageError, SmashError, UnsupportedDeviceError, UnsupportedModelError
+from smashlib.model import SmashedModel
+from smashlib.progress import progress
+
+
+def check_before_smashing(model: Any, config: SmashConfig) -> None:
+    """Raise the first problem smash() would meet, before anything touches the model."""
+    if not isinstance(model, torch.nn.Module):
+        raise UnsupportedModelError(
+            f"smash() takes a torch.nn.Module (a transformers model or your own), not {type(model).__name__}."
+        )
+    if isinstance(model, SmashedModel):
+        raise UnsupportedModelError("this model is already smashed: smash the original model with one SmashConfig.")
+    config.check_components()
+    for algorithm in config.chosen_algorithms():
+        missing = algorithm.missing_packages()
+        if missing:
+            raise MissingPackageError(f"{algorithm.name} needs {', '.join(missing)}: {algorithm.install_hint()}")
+        if config.device not in algorithm.runs_on:
+            raise UnsupportedDeviceError(
+                f"{algorithm.name} runs on {', '.join(algorithm.runs_on)}, not on '{config.device}'."
+            )
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise UnsupportedDeviceError("the config's device is 'cuda' but torch sees no CUDA GPU: use SmashConfig(device='cpu').")
+        algorithm.check_settings(config.settings_for(algorithm), config.device)
+        algorithm.check_model(model)
+
+
+def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True) -> SmashedModel:
+    """Apply ``config``'s algorithms to ``model`` and return it wrapped in a :class:`SmashedModel`.
+
+    The model is modified in place (copy it first to keep the original). Everything that can be
+    checked is checked before the first algorithm runs, so a bad config leaves the model untouched.
+    """
+    check_before_smashing(model, config)
+    first = next(iter(model.parameters()), None)
+    if first is not None and first.device.type != config.device:
+        model = model.to(config.device)
+    applied: list[str] = []
+    steps = config.chosen_algorithms()
+    for algorithm in progress(steps, desc="smashing", disable=not verbose or not steps):
+        try:
+            model = algorithm.apply(model, config.settings_for(algorithm), config.components)
+        except SmashError:
+            raise
+        except Exception as error:
+            raise SmashError(
+                f"{algorithm.name} failed after {', '.join(applied) or 'nothing'} was applied "
+                f"(the model may be partly modified): {type(error).__name__}: {error}"
+            ) from error
+        applied.append(algorithm.name)
+    return SmashedModel(model, config)

@@ -1,0 +1,84 @@
+"""Tiny transformers models built from configs, one per architecture family smashlib supports."""
+from __future__ import annotations
+
+import torch
+import transformers
+
+
+def _llama():
+    config = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=256, max_position_embeddings=128, tie_word_embeddings=True,
+    )
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _gpt2():
+    config = transformers.GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128, bos_token_id=1, eos_token_id=2
+    )
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _bert():
+    config = transformers.BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=256,
+        max_position_embeddings=128, num_labels=3,
+    )
+    return transformers.AutoModelForSequenceClassification.from_config(config)
+
+
+def _t5():
+    config = transformers.T5Config(
+        d_model=64, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16, vocab_size=256,
+        decoder_start_token_id=0, pad_token_id=0,
+    )
+    return transformers.AutoModelForSeq2SeqLM.from_config(config)
+
+
+def _whisper():
+    config = transformers.WhisperConfig(
+        d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=256, num_mel_bins=16, max_source_positions=32,
+        max_target_positions=64, decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=1,
+    )
+    return transformers.WhisperForConditionalGeneration(config)
+
+
+TINY_MODEL_BUILDERS = {"llama": _llama, "gpt2": _gpt2, "bert": _bert, "t5": _t5, "whisper": _whisper}
+
+
+def build_tiny(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return TINY_MODEL_BUILDERS[name]().eval()
+
+
+def tiny_inputs(name: str, batch: int = 2, length: int = 8) -> dict[str, torch.Tensor]:
+    """Inputs as a tokenizer or processor would give them, for one forward pass of ``build_tiny(name)``."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 256, (batch, length), generator=generator)
+    if name == "whisper":
+        return {
+            "input_features": torch.randn(batch, 16, 64, generator=generator),
+            "decoder_input_ids": ids[:, :4],
+        }
+    if name == "t5":
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": ids[:, :4]}
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def tiny_tokenizer(vocab_size: int = 256):
+    """A real BPE tokenizer with the tiny models' vocabulary size, trained in milliseconds on the English
+    text every Python ships (pydoc_data), so tests that need a tokenizer never download one."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], show_progress=False
+    )
+    tokenizer.train_from_iterator(list(topics.values()), trainer=trainer)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
