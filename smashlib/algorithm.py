@@ -36,7 +36,8 @@ GROUP_ORDER: tuple[str, ...] = (
 #: smashed model applies them again.
 RUNTIME_GROUPS: frozenset[str] = frozenset({"cacher", "compiler", "batcher"})
 
-#: Components an algorithm can require, and the SmashConfig call that attaches each.
+#: Components an algorithm can require, as an error message names them, and the call that attaches each.
+COMPONENT_NAMES: dict[str, str] = {"tokenizer": "a tokenizer", "processor": "a processor", "data": "data"}
 COMPONENT_FIXES: dict[str, str] = {
     "tokenizer": "cfg.add_tokenizer(...)",
     "processor": "cfg.add_processor(...)",

@@ -15,7 +15,7 @@ from typing import Any
 from ConfigSpace import Configuration, ConfigurationSpace
 
 from smashlib import registry
-from smashlib.algorithm import COMPONENT_FIXES, GROUP_ORDER, Algorithm
+from smashlib.algorithm import COMPONENT_FIXES, COMPONENT_NAMES, GROUP_ORDER, Algorithm
 from smashlib.components import Components, describe_pretrained
 from smashlib.errors import (
     HyperparameterValueError,
@@ -211,7 +211,7 @@ class SmashConfig(Mapping):
         if missing:
             algorithm, component = missing[0]
             raise MissingComponentError(
-                f"'{algorithm.name}' needs a {component}: call {COMPONENT_FIXES[component]} before smash()."
+                f"'{algorithm.name}' needs {COMPONENT_NAMES[component]}: call {COMPONENT_FIXES[component]} before smash()."
             )
 
     # ------------------------------------------------------------------ JSON

@@ -162,3 +162,9 @@ def _allowed(hyperparameter: Any) -> Any:
         if values is not None:
             return [_plain(v) for v in values]
     return [_plain(hyperparameter.lower), _plain(hyperparameter.upper)]
+
+
+def refresh() -> None:
+    """Forget discovered algorithms and the built space (after installing a plugin at run time)."""
+    algorithms.cache_clear()
+    configuration_space.cache_clear()

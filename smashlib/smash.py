@@ -13,12 +13,12 @@ from smashlib.progress import progress
 
 def check_before_smashing(model: Any, config: SmashConfig) -> None:
     """Raise the first problem smash() would meet, before anything touches the model."""
+    if isinstance(model, SmashedModel):
+        raise UnsupportedModelError("this model is already smashed: smash the original model with one SmashConfig.")
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(
             f"smash() takes a torch.nn.Module (a transformers model or your own), not {type(model).__name__}."
         )
-    if isinstance(model, SmashedModel):
-        raise UnsupportedModelError("this model is already smashed: smash the original model with one SmashConfig.")
     config.check_components()
     for algorithm in config.chosen_algorithms():
         missing = algorithm.missing_packages()
