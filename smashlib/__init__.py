@@ -17,11 +17,18 @@ from smashlib.errors import (
     UnsupportedDeviceError,
     UnsupportedModelError,
 )
+from smashlib.data import SmashDataModule, split_train_into_train_val_test
+from smashlib.data.errors import DataError, DatasetUnavailableError
+from smashlib.evaluation import Report, compare
 from smashlib.model import SmashedModel
 from smashlib.registry import algorithms_table
 from smashlib.smash import smash
 
 __all__ = [
+    "DataError",
+    "DatasetUnavailableError",
+    "SmashDataModule",
+    "split_train_into_train_val_test",
     "HyperparameterValueError",
     "InactiveHyperparameterError",
     "IncompatibleAlgorithmsError",
@@ -30,6 +37,7 @@ __all__ = [
     "SmashConfig",
     "SmashConfigError",
     "SmashError",
+    "Report",
     "SmashedModel",
     "SmashedModelLoadError",
     "UnknownNameError",
@@ -37,5 +45,6 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "algorithms_table",
+    "compare",
     "smash",
 ]

@@ -100,6 +100,11 @@ class Algorithm:
         """Whether the algorithm's effect is stored in the saved weights (else it is re-applied at load)."""
         return self.group not in RUNTIME_GROUPS
 
+    def required_components(self, settings: dict[str, Any]) -> tuple[str, ...]:
+        """The components needed with these settings (``settings`` without prefix). Defaults to ``requires``;
+        an algorithm whose need depends on its settings (calibration only for some recipes) overrides it."""
+        return self.requires
+
     # ------------------------------------------------------------------ hooks
     def check_settings(self, settings: dict[str, Any], device: str) -> None:
         """Raise a SmashError when a combination of this algorithm's own settings cannot run on ``device``.

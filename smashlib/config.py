@@ -200,7 +200,7 @@ class SmashConfig(Mapping):
         return [
             (algorithm, component)
             for algorithm in self.chosen_algorithms()
-            for component in algorithm.requires
+            for component in algorithm.required_components(self.settings_for(algorithm))
             if not self.components.has(component)
         ]
 

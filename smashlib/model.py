@@ -1,6 +1,8 @@
 """SmashedModel: the smashed model, its config, and (in smashlib.serialization) how it is saved and loaded."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +16,9 @@ class SmashedModel:
     Calls, ``generate`` and attribute access go to the wrapped model, so code written for a
     ``transformers`` model keeps working; ``smash_config`` says how it was made.
     """
+
+    #: An evaluation report (set by the evaluation API); push_to_hub puts its figures in the model card.
+    report: Any = None
 
     def __init__(self, model: torch.nn.Module, smash_config: SmashConfig) -> None:
         # set through __dict__ so that __getattr__ below never sees them missing
@@ -43,6 +48,44 @@ class SmashedModel:
     def algorithms(self) -> list[str]:
         """Names of the applied algorithms, in the order they were applied."""
         return [algorithm.name for algorithm in self.smash_config.chosen_algorithms()]
+
+    # ------------------------------------------------------------------ saving (smashlib.serialization, smashlib.hub)
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write weights (compressed as they are), configs, tokenizer and smash_config.json, atomically."""
+        from smashlib.serialization import save_smashed_model
+
+        return save_smashed_model(self, save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        device: str | torch.device | None = None,
+        model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> SmashedModel:
+        """Load a saved smashed model from a folder or a Hub repo id, without calibration or re-smashing.
+
+        ``model=``: a model of the same architecture to load into (needed for plain torch modules).
+        Keywords: ``trust_remote_code``, ``revision``, ``token``, ``verify_checksum`` (see
+        :func:`smashlib.serialization.load_smashed_model`).
+        """
+        from smashlib.serialization import load_smashed_model
+
+        return load_smashed_model(path_or_repo_id, device=device, model=model, **kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool = False,
+        token: str | bool | None = None,
+        commit_message: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Upload the saved folder plus a generated model card to the Hub; returns the commit URL."""
+        from smashlib.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message, **kwargs)
 
     def __repr__(self) -> str:
         model = self.model

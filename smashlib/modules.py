@@ -12,3 +12,9 @@ def output_head_names(model: nn.Module) -> set[str]:
     if head is None:
         return {name for name, _ in model.named_modules() if name.split(".")[-1] in {"lm_head", "proj_out"}}
     return {name for name, module in model.named_modules() if module is head}
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule called ``name`` (dotted path) is: how quantizers swap layers."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)

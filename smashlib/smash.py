@@ -34,16 +34,22 @@ def check_before_smashing(model: Any, config: SmashConfig) -> None:
         algorithm.check_model(model)
 
 
-def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True) -> SmashedModel:
+def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True, report: bool = False) -> SmashedModel:
     """Apply ``config``'s algorithms to ``model`` and return it wrapped in a :class:`SmashedModel`.
 
     The model is modified in place (copy it first to keep the original). Everything that can be
     checked is checked before the first algorithm runs, so a bad config leaves the model untouched.
+    ``report=True`` keeps a copy of the original, compares it with the result on the config's attached
+    data and prints the table (also kept as ``smashed.report``; see smashlib.evaluation).
     """
     check_before_smashing(model, config)
     first = next(iter(model.parameters()), None)
     if first is not None and first.device.type != config.device:
         model = model.to(config.device)
+    if report:
+        from smashlib.evaluation.smash_report import keep_original
+
+        original = keep_original(model)
     applied: list[str] = []
     steps = config.chosen_algorithms()
     for algorithm in progress(steps, desc="smashing", disable=not verbose or not steps):
@@ -57,4 +63,9 @@ def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True) -> 
                 f"(the model may be partly modified): {type(error).__name__}: {error}"
             ) from error
         applied.append(algorithm.name)
-    return SmashedModel(model, config)
+    smashed = SmashedModel(model, config)
+    if report:
+        from smashlib.evaluation.smash_report import report_after_smash
+
+        report_after_smash(original, smashed, verbose=verbose)
+    return smashed

@@ -1,0 +1,77 @@
+"""bnb_4bit: 4-bit NF4/FP4 weights with bitsandbytes (QLoRA's format), on CPU and CUDA.
+
+Every nn.Linear (and GPT-2 Conv1D) but the output head becomes a bitsandbytes Linear4bit: weights in
+blocks of ``blocksize`` values, each block scaled by its absolute maximum, optionally double-quantized
+(the absmax values themselves stored as 8 bits). Weights are about 4.5 bits per value on disk. On CPUs
+with AVX512-BF16, bitsandbytes runs a repacked bf16 kernel, taken when ``compute_dtype`` is bfloat16;
+smashlib's layer keeps that repacking out of the saved weights (see smashlib/layers/bnb_linear.py and
+docs/bitsandbytes.md for the measured speed and quality).
+"""
+from __future__ import annotations
+
+from ConfigSpace import Categorical
+from torch import nn
+
+from smashlib.algorithm import Algorithm
+from smashlib.errors import UnsupportedModelError
+
+COMPUTE_DTYPES = ("bfloat16", "float32", "float16")
+
+
+def layer_options(settings: dict) -> dict:
+    import torch
+
+    return {
+        "quant_type": settings["quant_type"],
+        "double_quant": bool(settings["double_quant"]),
+        "compute_dtype": getattr(torch, settings["compute_dtype"]),
+        "blocksize": int(settings["blocksize"]),
+    }
+
+
+class Bnb4bit(Algorithm):
+    name = "bnb_4bit"
+    group = "quantizer"
+    runs_on = ("cpu", "cuda")
+    needs_packages = ("bitsandbytes>=0.45",)
+    extra = "bnb"
+    summary = "4-bit NF4/FP4 weights with bitsandbytes (double quant, bf16 kernel on AVX512-BF16 CPUs); CPU and CUDA."
+    hyperparameters = (
+        Categorical("quant_type", ["nf4", "fp4"], default="nf4"),
+        Categorical("double_quant", [True, False], default=True),
+        Categorical("compute_dtype", list(COMPUTE_DTYPES), default="bfloat16"),
+        Categorical("blocksize", [64, 128, 256], default=64),
+        Categorical("keep_output_head", [True, False], default=True),
+    )
+
+    def check_model(self, model: nn.Module) -> None:
+        from smashlib.layers.linear_like import linear_like_names
+
+        if not linear_like_names(model, keep_output_head=True):
+            raise UnsupportedModelError(
+                "bnb_4bit quantizes nn.Linear and transformers Conv1D layers; this model has none besides its output head."
+            )
+
+    def apply(self, model, settings, components):
+        from smashlib.layers.bnb_linear import Linear4bit
+        from smashlib.layers.linear_like import linear_weight, swap_linear_like
+
+        options = layer_options(settings)
+        swap_linear_like(
+            model, bool(settings["keep_output_head"]),
+            lambda layer: Linear4bit.from_weight(linear_weight(layer), layer.bias, **options),
+        )
+        return model
+
+    def prepare_for_loading(self, model, settings):
+        from smashlib.layers.bnb_linear import Linear4bit
+        from smashlib.layers.linear_like import linear_sizes, swap_linear_like
+
+        options = layer_options(settings)
+
+        def shell(layer: nn.Module) -> Linear4bit:
+            in_features, out_features, bias = linear_sizes(layer)
+            return Linear4bit(in_features, out_features, bias, device=layer.weight.device, **options)
+
+        swap_linear_like(model, bool(settings["keep_output_head"]), shell)
+        return model

@@ -1,0 +1,105 @@
+"""gptq: GPTQ (Frantar et al., 2022) in plain torch: 2/3/4/8-bit weights calibrated on real text.
+
+Each linear layer of each transformer block is quantized with the GPTQ solver (smashlib.gptq) on the
+Hessian of its inputs, block after block, so every block corrects for the error of the ones before.
+Weights are stored packed (two 4-bit values per byte, 3-bit as 8 values in 3 bytes) with bf16 group
+scales and packed integer zero points (smashlib.layers.packed_int), and run weight-only on PyTorch's
+int4 CPU kernel with bf16 activations, or its int8 weight-only kernel for 8 bits
+(smashlib.layers.lowbit_kernels; docs/gptq.md has the measurements behind that choice).
+
+auto-gptq is not used: it cannot quantize without CUDA and breaks on transformers 5. The maintained
+GPTQModel package can do the solving instead (``gptq_backend="gptqmodel"``) where it is installed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ConfigSpace import Categorical, Float, Integer
+from torch import nn
+
+from smashlib.algorithm import Algorithm
+from smashlib.errors import UnsupportedModelError
+from smashlib.gptq.layerwise import (
+    Grid,
+    SolverOptions,
+    find_layout,
+    prepare_structure,
+    quantize_model,
+    supported_families,
+)
+from smashlib.layers.packed_int import PackedLinear
+
+#: Tokens per calibration batch: enough to keep the matmuls efficient, few enough that a block's
+#: activations (attention scores grow with the square of the length) stay small.
+TOKENS_PER_BATCH = 4096
+
+#: How the output head (lm_head) is treated: quantized like the other layers, to 8 bits, or kept.
+OUTPUT_HEAD_CHOICES = ("int8", "weight_bits", "keep")
+
+
+def layer_grid(settings: dict[str, Any]) -> Grid:
+    return Grid(int(settings["weight_bits"]), int(settings["group_size"]), bool(settings["desc_act"]))
+
+
+def head_grid(settings: dict[str, Any]) -> Grid | None:
+    choice = settings["output_head"]
+    if choice == "keep":
+        return None
+    if choice == "int8":
+        return Grid(8, -1, False)
+    return layer_grid(settings)
+
+
+class GPTQ(Algorithm):
+    name = "gptq"
+    group = "quantizer"
+    runs_on = ("cpu",)
+    requires = ("tokenizer", "data")
+    summary = "GPTQ 2/3/4/8-bit weights calibrated layer by layer on data; packed on disk, int4/int8 CPU kernels."
+    hyperparameters = (
+        Categorical("weight_bits", [4, 8, 3, 2], default=4),
+        Categorical("group_size", [128, -1, 32, 64, 256], default=128),
+        Float("damp_percent", (0.001, 0.2), default=0.01, log=True),
+        Categorical("desc_act", [False, True], default=False),
+        Integer("calibration_samples", (8, 1024), default=64, log=True),
+        Categorical("sequence_length", [256, 128, 512, 1024, 2048], default=256),
+        Categorical("output_head", list(OUTPUT_HEAD_CHOICES), default="int8"),
+        Categorical("backend", ["torch", "gptqmodel"], default="torch"),
+    )
+
+    def check_settings(self, settings, device):
+        if settings["backend"] == "gptqmodel":
+            from smashlib.gptq.gptqmodel_backend import check_available
+
+            check_available(settings)
+
+    def check_model(self, model: nn.Module) -> None:
+        if find_layout(model) is None:
+            raise UnsupportedModelError(
+                f"gptq calibrates decoder language models block by block and knows these layouts: "
+                f"{supported_families()}. {type(model).__name__} has none of them; for other models use a "
+                "quantizer without calibration (hqq, torch_dynamic)."
+            )
+
+    def apply(self, model, settings, components):
+        from smashlib.data import calibration_batches
+
+        length = int(settings["sequence_length"])
+        batches = calibration_batches(
+            components, int(settings["calibration_samples"]), length, batch_size=max(1, TOKENS_PER_BATCH // length)
+        )
+        if settings["backend"] == "gptqmodel":
+            from smashlib.gptq.gptqmodel_backend import quantize_with_gptqmodel
+
+            return quantize_with_gptqmodel(model, batches, layer_grid(settings), head_grid(settings), settings, components)
+        options = SolverOptions("gptq", float(settings["damp_percent"]))
+        return quantize_model(model, batches, layer_grid(settings), head_grid(settings), options)
+
+    def prepare_for_loading(self, model, settings):
+        return prepare_structure(model, layer_grid(settings), head_grid(settings))
+
+    def after_loading(self, model, settings):
+        for module in model.modules():
+            if isinstance(module, PackedLinear):
+                module.prepare_kernel()
+        return model

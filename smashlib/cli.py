@@ -1,0 +1,488 @@
+"""The `smashlib` command: smash, compare, info, algorithms, metrics, demo.
+
+Every group and hyperparameter of the algorithm registry becomes a flag of `smashlib smash`
+(``--quantizer torch_dynamic --torch-dynamic-keep-full-precision none``), generated from the registry
+and parsed to the hyperparameter's own type, so a new algorithm is on the command line the day it is
+added. Bad arguments and smashlib errors end with one line on stderr and a non-zero exit status
+(2: the command line or the config is wrong; 1: the work failed), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from smashlib.errors import SmashConfigError, SmashError
+
+#: The bundled model, usable wherever a model folder or Hub id is expected.
+BUNDLED_ALIASES = ("smollm2",)
+#: Defaults of `smashlib compare`: small enough for a 2-core CPU to answer in about a minute.
+COMPARE_DATASET = "PydocTopics"
+COMPARE_SAMPLES = 8
+COMPARE_TOKENS = 128
+
+
+class CommandError(SmashError):
+    """A command cannot do what it was asked (missing folder, nothing to do)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the usage of `smash` lists every algorithm's flags."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# ====================================================================== registry -> flags
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _plain(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    return item() if callable(item) and not isinstance(value, (str, bytes)) else value
+
+
+def _choices(hyperparameter: Any) -> list[Any] | None:
+    for attribute in ("choices", "sequence"):
+        values = getattr(hyperparameter, attribute, None)
+        if values is not None:
+            return [_plain(v) for v in values]
+    return None
+
+
+def value_parser(hyperparameter: Any) -> Callable[[str], Any]:
+    """A function turning the text of a flag into the hyperparameter's own type (int, float, bool, None, str)."""
+    choices = _choices(hyperparameter)
+    kind = type(hyperparameter).__name__
+
+    def parse(text: str) -> Any:
+        if choices is not None:
+            for choice in choices:
+                if text == str(choice) or text.lower() == str(choice).lower():
+                    return choice
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(str(c) for c in choices)}")
+        try:
+            if "Integer" in kind:
+                return int(text)
+            if "Float" in kind:
+                return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if 'Integer' in kind else 'number'}") from None
+        return _plain(getattr(hyperparameter, "value", text))
+
+    parse.__name__ = kind.lower()  # argparse names the type in its messages
+    return parse
+
+
+def _describe(hyperparameter: Any) -> str:
+    choices = _choices(hyperparameter)
+    if choices is not None:
+        allowed = "one of " + ", ".join(str(c) for c in choices)
+    elif hasattr(hyperparameter, "lower"):
+        allowed = f"from {_plain(hyperparameter.lower)} to {_plain(hyperparameter.upper)}"
+    else:
+        allowed = f"always {_plain(getattr(hyperparameter, 'value', None))}"
+    return f"{allowed}; default {_plain(hyperparameter.default_value)}"
+
+
+def add_registry_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per group (the algorithm to apply) and one per hyperparameter, grouped by algorithm."""
+    from smashlib import registry
+    from smashlib.algorithm import GROUP_ORDER
+
+    groups = parser.add_argument_group("algorithms (one per group; 'none' for no algorithm)")
+    for group in GROUP_ORDER:
+        names = registry.algorithms_in_group(group)
+        if not names:
+            continue
+        groups.add_argument(
+            flag_name(group), dest=group, metavar="NAME", default=argparse.SUPPRESS,
+            choices=[*names, "none"], help=f"{group}: {', '.join(names)}",
+        )
+    for algorithm in registry.algorithms().values():
+        if not algorithm.hyperparameters:
+            continue
+        note = "" if not algorithm.missing_packages() else f" [needs {algorithm.install_hint()}]"
+        section = parser.add_argument_group(f"{algorithm.group} {algorithm.name}: {algorithm.summary}{note}")
+        for hyperparameter in algorithm.hyperparameters:
+            key = f"{algorithm.name}_{hyperparameter.name}"
+            section.add_argument(
+                flag_name(key), dest=key, metavar="VALUE", default=argparse.SUPPRESS,
+                type=value_parser(hyperparameter), help=_describe(hyperparameter),
+            )
+
+
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The groups and hyperparameters given on the command line, as SmashConfig keys."""
+    from smashlib import registry
+    from smashlib.algorithm import GROUP_ORDER
+
+    keys = set(GROUP_ORDER) | {
+        f"{a.name}_{hp.name}" for a in registry.algorithms().values() for hp in a.hyperparameters
+    }
+    values = {key: value for key, value in vars(args).items() if key in keys}
+    return {key: (None if key in GROUP_ORDER and value == "none" else value) for key, value in values.items()}
+
+
+# ====================================================================== loading models
+def resolve_model_path(name: str) -> str:
+    """A folder, a Hub id, or the bundled model's alias (``smollm2``) -> what from_pretrained takes."""
+    if name.lower() in BUNDLED_ALIASES:
+        from smashlib.bundled import smollm2_path
+
+        return str(smollm2_path())
+    looks_like_a_path = name.startswith(("/", "./", "../", "~")) or os.sep + os.sep in name
+    if looks_like_a_path and not Path(name).expanduser().exists():
+        raise CommandError(f"{name}: no such folder.")
+    return str(Path(name).expanduser()) if looks_like_a_path else name
+
+
+def is_smashed_folder(path: str) -> bool:
+    from smashlib.serialization import MANIFEST_FILE
+
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+def load_plain_model(path: str, device: str | None = None) -> Any:
+    """A transformers model from a folder or Hub id, as the class its config.json names."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    architectures = getattr(config, "architectures", None) or []
+    cls = next((getattr(transformers, name) for name in architectures if hasattr(transformers, name)), None)
+    cls = cls or transformers.AutoModel
+    model = cls.from_pretrained(path).eval()
+    return model.to(device) if device else model
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved beside a model, or None when the folder has none."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_any(name: str, device: str | None = None) -> tuple[Any, str]:
+    """(model, path): a smashed folder loads as a SmashedModel, anything else as a transformers model."""
+    path = resolve_model_path(name)
+    if is_smashed_folder(path):
+        from smashlib.model import SmashedModel
+
+        return SmashedModel.from_pretrained(path, device=device), path
+    return load_plain_model(path, device), path
+
+
+def _quiet_transformers(quiet: bool) -> None:
+    if quiet:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
+    print(json.dumps(payload, indent=2, default=str) if args.json else text)
+
+
+# ====================================================================== commands
+def cmd_smash(args: argparse.Namespace) -> int:
+    from smashlib.config import SmashConfig
+    from smashlib.model import SmashedModel
+    from smashlib.smash import smash
+
+    if not args.out and not args.report:
+        raise CommandError("nothing to do: give --out DIR to save the smashed model, or --report to compare it.")
+    config = SmashConfig(config_values(args), device=args.device)
+    if not config.chosen_algorithms():
+        raise CommandError("no algorithm chosen: add e.g. --quantizer torch_dynamic (see 'smashlib algorithms').")
+    _quiet_transformers(args.quiet)
+    path = resolve_model_path(args.model)
+    _say(args, f"loading {path}")
+    model = load_plain_model(path)
+    tokenizer = args.tokenizer or path
+    loaded = load_tokenizer(tokenizer)
+    if loaded is not None:
+        config.add_tokenizer(loaded)
+    elif args.tokenizer:
+        raise CommandError(f"cannot load a tokenizer from {args.tokenizer}.")
+    if args.data:
+        config.add_data(args.data)
+    original = None
+    if args.report:
+        from smashlib.evaluation.smash_report import keep_original
+
+        original = keep_original(model)
+    smashed = smash(model, config, verbose=not args.quiet)
+    payload: dict[str, Any] = {"model": path, "config": config.to_dict(), "algorithms": smashed.algorithms}
+    lines = [f"smashed {path} with {', '.join(smashed.algorithms)}"]
+    if args.out:
+        if "save_pretrained" not in vars(SmashedModel):
+            raise CommandError("saving needs SmashedModel.save_pretrained (smashlib.serialization), missing here.")
+        saved = smashed.save_pretrained(args.out)
+        payload["saved_to"] = str(saved)
+        lines.append(f"saved to {saved}")
+    if args.report:
+        report = _compare_after_smash(original, smashed, args)
+        payload["report"] = report.to_dict()
+        lines += ["", str(report)]
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def _compare_after_smash(original: Any, smashed: Any, args: argparse.Namespace) -> Any:
+    from smashlib.evaluation.compare import compare
+
+    components = smashed.smash_config.components
+    return compare(
+        original, smashed, data=args.data or COMPARE_DATASET, tokenizer=components.tokenizer,
+        tokenizer_kwargs={"max_length": COMPARE_TOKENS}, max_samples=COMPARE_SAMPLES, verbose=not args.quiet,
+    )
+
+
+def _compare_metrics(args: argparse.Namespace, base: Any, smashed: Any, paths: tuple[str, str]) -> list[Any]:
+    from smashlib.evaluation.metrics import DEFAULT_METRICS, get_metric
+
+    names = [m.strip() for m in args.metrics.split(",")] if args.metrics else list(DEFAULT_METRICS)
+    options: dict[str, dict[str, Any]] = {
+        "latency": {"runs": args.runs},
+        "generation": {"new_tokens": args.new_tokens, "runs": max(1, args.runs // 2)},
+        "disk_size": {"folders": {model: path for model, path in zip((base, smashed), paths) if Path(path).is_dir()}},
+    }
+    return [get_metric(name, **options.get(name, {})) for name in names]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from smashlib.evaluation.compare import compare
+
+    _quiet_transformers(args.quiet)
+    _say(args, f"loading {args.base} and {args.smashed}")
+    base, base_path = load_any(args.base, args.device)
+    smashed, smashed_path = load_any(args.smashed, args.device)
+    components = getattr(getattr(smashed, "smash_config", None), "components", None)
+    tokenizer = getattr(components, "tokenizer", None) or load_tokenizer(smashed_path) or load_tokenizer(base_path)
+    report = compare(
+        base, smashed, data=args.data, tokenizer=tokenizer, tokenizer_kwargs={"max_length": args.tokens},
+        max_samples=args.samples, metrics=_compare_metrics(args, base, smashed, (base_path, smashed_path)),
+        threads=args.threads, verbose=not args.quiet,
+    )
+    if args.plot:
+        report.plot(args.plot)
+        _say(args, f"chart written to {args.plot}")
+    _emit(args, report.to_dict(), str(report))
+    return 0
+
+
+def _folder_summary(path: Path) -> dict[str, Any]:
+    from smashlib.evaluation.metrics.size import MB, folder_bytes
+
+    weights, everything = folder_bytes(path)
+    return {"weights_mb": round(weights / MB, 2), "folder_mb": round(everything / MB, 2)}
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    folder = Path(resolve_model_path(args.folder))
+    if not folder.is_dir():
+        raise CommandError(f"{folder}: no such folder.")
+    sizes = _folder_summary(folder)
+    if not is_smashed_folder(str(folder)):
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise CommandError(f"{folder} holds neither a smashed model (smash_config.json) nor a model (config.json).")
+        model_config = json.loads(config_file.read_text(encoding="utf-8"))
+        payload = {"folder": str(folder), "smashed": False, "architectures": model_config.get("architectures"),
+                   "dtype": model_config.get("dtype") or model_config.get("torch_dtype"), **sizes}
+        text = (f"{folder}: a plain model ({', '.join(payload['architectures'] or ['unknown class'])}, "
+                f"{payload['dtype'] or 'dtype not recorded'}), not smashed by smashlib\n"
+                f"weights on disk: {sizes['weights_mb']} MB (folder {sizes['folder_mb']} MB)")
+        _emit(args, payload, text)
+        return 0
+    from smashlib.serialization import read_manifest
+
+    manifest = read_manifest(folder)
+    _emit(args, {"folder": str(folder), "smashed": True, **sizes, "smash_config": manifest}, describe_manifest(folder, manifest, sizes))
+    return 0
+
+
+def describe_manifest(folder: Path, manifest: dict[str, Any], sizes: dict[str, Any]) -> str:
+    """What `smashlib info` prints for a smashed folder: what it is, how it was made, with what."""
+    saved = manifest.get("saved_model", {})
+    model = saved.get("model", {})
+    versions = saved.get("versions", {})
+    lines = [f"{folder}: a {model.get('class', 'model')} smashed by smashlib ({model.get('library', '?')} model, "
+             f"{model.get('dtype', '?')}, device {manifest.get('device', '?')})"]
+    algorithms = saved.get("algorithms", [])
+    lines.append("made with, in the order applied:" if algorithms else "made with: no algorithm")
+    for entry in algorithms:
+        settings = ", ".join(f"{k}={v!r}" for k, v in entry.get("settings", {}).items())
+        lines.append(f"  {entry.get('group', '?'):<10} {entry.get('name', '?')}({settings})  [{entry.get('restored', '')}]")
+    for name, description in manifest.get("components", {}).items():
+        lines.append(f"{name}: {json.dumps(description, default=str) if not isinstance(description, str) else description}")
+    lines.append("saved by: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    weights = saved.get("weights", {})
+    lines.append(f"weights on disk: {sizes['weights_mb']} MB ({weights.get('tensors', '?')} tensors in "
+                 f"{weights.get('file', '?')}); folder {sizes['folder_mb']} MB")
+    lines.append(f"load it: SmashedModel.from_pretrained({str(folder)!r})")
+    return "\n".join(lines)
+
+
+def _text_or_dash(values: Sequence[Any]) -> str:
+    return ", ".join(str(v) for v in values) or "-"
+
+
+def cmd_algorithms(args: argparse.Namespace) -> int:
+    from smashlib.evaluation.formatting import text_table
+    from smashlib.registry import algorithms_table
+
+    rows = algorithms_table()
+    if args.group:
+        rows = [row for row in rows if row["group"] == args.group]
+    table = []
+    for row in rows:
+        needs = list(row["requires"]) + list(row["needs_packages"])
+        if not row["available"]:
+            needs.append("(not installed)")
+        hyperparameters = "; ".join(
+            f"{key.removeprefix(row['name'] + '_')}={spec['default']}" for key, spec in row["hyperparameters"].items()
+        )
+        table.append([row["group"], row["name"], _text_or_dash(row["runs_on"]), _text_or_dash(needs), hyperparameters or "-"])
+    text = text_table(["group", "algorithm", "devices", "needs", "hyperparameters (default)"], table, right_from=99)
+    _emit(args, rows, text + "\n\nflags: smashlib smash MODEL --<group> NAME --<algorithm>-<hyperparameter> VALUE")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from smashlib.evaluation.formatting import text_table
+    from smashlib.evaluation.metrics import metrics_table
+
+    rows = metrics_table()
+    table = [[row["name"], ", ".join(row["values"]), row["summary"]] for row in rows]
+    _emit(args, rows, text_table(["metric", "values", "what it measures"], table, right_from=99))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from smashlib.evaluation.demo import run_demo
+
+    _quiet_transformers(args.quiet)
+    report = run_demo(verbose=not args.quiet, threads=args.threads)
+    if args.plot:
+        report.plot(args.plot)
+        _say(args, f"chart written to {args.plot}")
+    _emit(args, report.to_dict(), str(report))
+    return 0
+
+
+# ====================================================================== parser
+def _common(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    # on subcommands the defaults are SUPPRESS, so `smashlib --json info DIR` and `smashlib info DIR --json` agree
+    default: Any = False if top_level else argparse.SUPPRESS
+    parser.add_argument("--quiet", action="store_true", default=default, help="no progress bars or status lines")
+    parser.add_argument("--json", action="store_true", default=default, help="print the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="smashlib", description="Make Hugging Face models smaller and faster, and measure it.")
+    _common(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    smash_parser = commands.add_parser(
+        "smash", help="smash a model folder or Hub id and save it",
+        description="Smash MODEL (a folder, a Hub id, or 'smollm2' for the bundled model) with the algorithms given "
+        "as flags; save it with --out, compare it with the original with --report.",
+    )
+    smash_parser.add_argument("model", metavar="MODEL_DIR_OR_ID")
+    smash_parser.add_argument("--out", metavar="DIR", help="folder to save the smashed model to")
+    smash_parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    smash_parser.add_argument("--tokenizer", metavar="DIR_OR_ID", help="default: the tokenizer saved with the model")
+    smash_parser.add_argument("--data", metavar="NAME", help="dataset for calibration (cfg.add_data), e.g. PydocTopics")
+    smash_parser.add_argument("--report", action="store_true", help="compare with the original and print the table")
+    _common(smash_parser)
+    add_registry_flags(smash_parser)
+    smash_parser.set_defaults(handler=cmd_smash)
+
+    compare_parser = commands.add_parser(
+        "compare", help="compare a base model with a smashed one",
+        description="Measure BASE and SMASHED (folders, Hub ids, or 'smollm2') on the same inputs, interleaved.",
+    )
+    compare_parser.add_argument("base", metavar="BASE")
+    compare_parser.add_argument("smashed", metavar="SMASHED")
+    compare_parser.add_argument("--data", default=COMPARE_DATASET, metavar="NAME", help=f"dataset name (default {COMPARE_DATASET})")
+    compare_parser.add_argument("--samples", type=int, default=COMPARE_SAMPLES, help=f"samples to evaluate on (default {COMPARE_SAMPLES})")
+    compare_parser.add_argument("--tokens", type=int, default=COMPARE_TOKENS, help=f"tokens per sample (default {COMPARE_TOKENS})")
+    compare_parser.add_argument("--metrics", metavar="A,B,...", help="metrics to measure (default: all that apply; see 'smashlib metrics')")
+    compare_parser.add_argument("--runs", type=int, default=10, help="timed runs per model (default 10)")
+    compare_parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per decode run (default 32)")
+    compare_parser.add_argument("--threads", type=int, help="torch threads for both models (default: torch's)")
+    compare_parser.add_argument("--device", choices=["cpu", "cuda"], help="device to load the models on")
+    compare_parser.add_argument("--plot", metavar="PNG", help="also save a bar chart of the ratios (needs matplotlib)")
+    _common(compare_parser)
+    compare_parser.set_defaults(handler=cmd_compare)
+
+    info_parser = commands.add_parser("info", help="what a saved model is and how it was made")
+    info_parser.add_argument("folder", metavar="DIR")
+    _common(info_parser)
+    info_parser.set_defaults(handler=cmd_info)
+
+    algorithms_parser = commands.add_parser("algorithms", help="the table of algorithms")
+    algorithms_parser.add_argument("--group", help="only this group's algorithms")
+    _common(algorithms_parser)
+    algorithms_parser.set_defaults(handler=cmd_algorithms)
+
+    metrics_parser = commands.add_parser("metrics", help="the metrics compare can measure")
+    _common(metrics_parser)
+    metrics_parser.set_defaults(handler=cmd_metrics)
+
+    demo_parser = commands.add_parser(
+        "demo", help="smash the bundled SmolLM2-135M and compare it with the original",
+        description="Smash SmolLM2-135M-Instruct (bundled) with the best CPU recipe and compare on real text.",
+    )
+    demo_parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    demo_parser.add_argument("--plot", metavar="PNG", help="also save a bar chart of the ratios (needs matplotlib)")
+    _common(demo_parser)
+    demo_parser.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 success, 1 the work failed, 2 bad arguments)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a bad argument (already reported in one line)
+        return int(exit_.code or 0)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except SmashConfigError as error:
+        print(f"smashlib {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except (SmashError, OSError) as error:
+        print(f"smashlib {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"smashlib {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

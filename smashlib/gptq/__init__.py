@@ -1,0 +1,1 @@
+"""GPTQ in plain torch: the solver (:mod:`.solver`) and the block-by-block calibration (:mod:`.layerwise`)."""

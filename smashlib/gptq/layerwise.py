@@ -1,0 +1,312 @@
+"""GPTQ over a whole model, one transformer block at a time, as in the paper's reference code.
+
+1. Run the calibration batches until the first block and keep its inputs (hidden states plus the
+   keyword arguments the model passes it: masks, positions, rotary embeddings).
+2. For each block: run it on those inputs with forward hooks that accumulate H = 2 X X^T for each
+   linear layer (once per distinct input tensor: q/k/v read the same one), quantize the layers with
+   the GPTQ solver, swap them for :class:`PackedLinear`, and run the block again, now quantized, to
+   produce the next block's inputs. Each block thus corrects for the error of the blocks before it.
+3. Optionally the output head, on the final norm's outputs; a tied input embedding then reads the
+   head's packed table (:class:`PackedEmbedding`).
+
+Only one block's activations are alive at a time besides the block inputs, so memory stays at about
+two copies of (samples x tokens x hidden) floats.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from smashlib.gptq.solver import HessianAccumulator, QuantizedWeight, gptq_quantize, one_thread, rtn_quantize
+from smashlib.layers.linear_like import is_linear_like, linear_sizes, linear_weight
+from smashlib.layers.packed_int import PackedEmbedding, PackedLinear
+from smashlib.modules import output_head_names, replace_module
+from smashlib.progress import progress
+
+
+# ====================================================================== model layouts
+@dataclass(frozen=True)
+class Layout:
+    """Where a family of decoder models keeps its blocks, and the modules between them and the head."""
+
+    family: str
+    blocks: str
+    tail: tuple[str, ...]
+
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("Llama-like (Llama, Mistral, Qwen2, SmolLM2, Phi-3...: model.model.layers)", "model.layers", ("model.norm",)),
+    Layout("OPT (model.model.decoder.layers)", "model.decoder.layers", ("model.decoder.final_layer_norm", "model.decoder.project_out")),
+    Layout("GPT-2 (model.transformer.h)", "transformer.h", ("transformer.ln_f",)),
+)
+
+
+def _lookup(model: nn.Module, path: str) -> Any:
+    obj: Any = model
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def supported_families() -> str:
+    return "; ".join(layout.family for layout in LAYOUTS)
+
+
+def find_layout(model: nn.Module) -> Layout | None:
+    """The layout ``model`` follows, or None."""
+    for layout in LAYOUTS:
+        blocks = _lookup(model, layout.blocks)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) and any(is_linear_like(m) for m in blocks[0].modules()):
+            return layout
+    return None
+
+
+# ====================================================================== what gets quantized
+@dataclass(frozen=True)
+class Grid:
+    """How one layer is quantized: bits per weight, group size (-1: one group per row), act-order."""
+
+    bits: int
+    group_size: int
+    act_order: bool
+
+
+def block_layer_names(model: nn.Module, layout: Layout) -> list[list[str]]:
+    """For each block, the full names of its linear-like layers."""
+    blocks = _lookup(model, layout.blocks)
+    return [
+        [f"{layout.blocks}.{index}.{name}" for name, module in block.named_modules() if is_linear_like(module)]
+        for index, block in enumerate(blocks)
+    ]
+
+
+def tied_input_embedding(model: nn.Module, head_name: str) -> str | None:
+    """The name of the input embedding that shares the head's weight, if it does."""
+    get_input = getattr(model, "get_input_embeddings", None)
+    embedding = get_input() if callable(get_input) else None
+    head = model.get_submodule(head_name)
+    weight, head_weight = getattr(embedding, "weight", None), getattr(head, "weight", None)
+    if weight is None or head_weight is None:
+        return None
+    same = weight is head_weight or (
+        not weight.is_meta and weight.data_ptr() == head_weight.data_ptr() and weight.shape == head_weight.shape
+    )
+    if not same:
+        return None
+    return next(name for name, module in model.named_modules() if module is embedding)
+
+
+def output_head_name(model: nn.Module) -> str | None:
+    names = [name for name in output_head_names(model) if is_linear_like(model.get_submodule(name))]
+    return names[0] if len(names) == 1 else None
+
+
+def empty_packed_like(module: nn.Module, grid: Grid) -> PackedLinear:
+    """A PackedLinear with ``module``'s shapes and no data (for loading)."""
+    in_features, out_features, has_bias = linear_sizes(module)
+    device = module.weight.device
+    bias_dtype = module.bias.dtype if has_bias else torch.float32
+    return PackedLinear(in_features, out_features, grid.bits, grid.group_size, has_bias, grid.act_order, bias_dtype, device=device)
+
+
+def packed_from(module: nn.Module, quantized: QuantizedWeight, grid: Grid) -> PackedLinear:
+    bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
+    perm = quantized.perm
+    if grid.act_order and perm is None:  # rounded to nearest (never ran on the data): same buffers as the rest
+        perm = torch.arange(quantized.q.shape[1], device=quantized.q.device)
+    layer = PackedLinear.from_integers(quantized.q, quantized.scales, quantized.zeros, grid.bits, grid.group_size, perm, bias)
+    layer.prepare_kernel()
+    return layer
+
+
+def tie_embedding(model: nn.Module, embedding_name: str, head: PackedLinear) -> None:
+    embedding = model.get_submodule(embedding_name)
+    replace_module(
+        model, embedding_name, PackedEmbedding(head, getattr(embedding, "padding_idx", None), embedding.weight.dtype)
+    )
+
+
+def prepare_structure(model: nn.Module, grid: Grid, head_grid: Grid | None) -> nn.Module:
+    """Swap every layer that :func:`quantize_model` would quantize for an empty PackedLinear."""
+    layout = find_layout(model)
+    for names in block_layer_names(model, layout):
+        for name in names:
+            replace_module(model, name, empty_packed_like(model.get_submodule(name), grid))
+    head_name = output_head_name(model) if head_grid is not None else None
+    if head_name is not None:
+        embedding_name = tied_input_embedding(model, head_name)
+        head = empty_packed_like(model.get_submodule(head_name), head_grid)
+        replace_module(model, head_name, head)
+        if embedding_name is not None:
+            tie_embedding(model, embedding_name, head)
+    return model
+
+
+# ====================================================================== calibration
+class _Captured(Exception):
+    """Raised by the hook on the first block to stop the forward pass once its inputs are kept."""
+
+
+@dataclass
+class BlockCall:
+    """One batch's input to a block: the hidden states and everything else the model passed."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict[str, Any]
+
+
+def capture_first_block_inputs(model: nn.Module, first_block: nn.Module, batches: Iterable[dict]) -> list[BlockCall]:
+    calls: list[BlockCall] = []
+
+    def keep(module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        calls.append(BlockCall(hidden, tuple(args[1:]), kwargs))
+        raise _Captured
+
+    device = next(model.parameters()).device
+    handle = first_block.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return calls
+
+
+def run_block(block: nn.Module, call: BlockCall, hidden: torch.Tensor) -> torch.Tensor:
+    out = block(hidden, *call.args, **call.kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class InputHessians:
+    """Hessians of a block's linear layers, one per distinct input tensor: layers fed the same tensor
+    (q/k/v, gate/up) share it and are later solved together."""
+
+    def __init__(self, layers: dict[str, nn.Module]) -> None:
+        self.owner_of: dict[str, str] = {}
+        self.hessians: dict[str, HessianAccumulator] = {}
+        self._seen: dict[int, tuple[torch.Tensor, str]] = {}
+        self._handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in layers.items()]
+
+    def _hook(self, name: str):
+        def hook(module, args):
+            x = args[0]
+            seen = self._seen.get(id(x))
+            if seen is None or seen[0] is not x:
+                self.hessians.setdefault(name, HessianAccumulator(x.shape[-1], x.device)).add(x.detach())
+                self._seen[id(x)] = (x, name)  # keeping x alive keeps its id unique within the batch
+                owner = name
+            else:
+                owner = seen[1]
+            self.owner_of.setdefault(name, owner)
+
+        return hook
+
+    def end_batch(self) -> None:
+        self._seen.clear()
+
+    def groups(self) -> dict[str, list[str]]:
+        """owner name -> the layers that read its input, in the order they first ran."""
+        grouped: dict[str, list[str]] = {}
+        for name, owner in self.owner_of.items():
+            grouped.setdefault(owner, []).append(name)
+        return grouped
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._seen.clear()
+
+
+@dataclass
+class SolverOptions:
+    method: str = "gptq"  # or "rtn": round-to-nearest on the same grid, no calibration
+    damp_percent: float = 0.01
+
+
+def solve_group(modules: Sequence[nn.Module], hessian: torch.Tensor | None, grid: Grid, options: SolverOptions) -> list[PackedLinear]:
+    """Quantize layers that read the same input as one stacked matrix; one PackedLinear each."""
+    weights = [linear_weight(m).float() for m in modules]
+    stacked = torch.cat(weights) if len(weights) > 1 else weights[0]
+    with one_thread():
+        if options.method == "rtn" or hessian is None:
+            quantized = rtn_quantize(stacked, grid.bits, grid.group_size)
+        else:
+            quantized = gptq_quantize(stacked, hessian, grid.bits, grid.group_size, options.damp_percent, grid.act_order)
+        packed, start = [], 0
+        for module, weight in zip(modules, weights):
+            packed.append(packed_from(module, quantized.rows(start, start + weight.shape[0]), grid))
+            start += weight.shape[0]
+    return packed
+
+
+@torch.no_grad()
+def quantize_model(
+    model: nn.Module,
+    batches: Sequence[dict[str, torch.Tensor]],
+    grid: Grid,
+    head_grid: Grid | None = None,
+    options: SolverOptions | None = None,
+    verbose: bool = True,
+) -> nn.Module:
+    """GPTQ (or RTN) for every linear layer in ``model``'s blocks, and its output head when ``head_grid``."""
+    options = options or SolverOptions()
+    layout = find_layout(model)
+    blocks = _lookup(model, layout.blocks)
+    use_data = options.method == "gptq"
+    calls = capture_first_block_inputs(model, blocks[0], batches) if use_data else []
+    hidden = [call.hidden for call in calls]
+    for index, block in enumerate(progress(blocks, desc="gptq blocks", disable=not verbose)):
+        layers = {name: module for name, module in block.named_modules() if is_linear_like(module)}
+        if use_data:
+            hessians = InputHessians(layers)
+            try:
+                for call, states in zip(calls, hidden):
+                    run_block(block, call, states)
+                    hessians.end_batch()
+            finally:
+                hessians.remove()
+            groups = hessians.groups()
+            unseen = [name for name in layers if name not in hessians.owner_of]
+            groups.update({name: [name] for name in unseen})  # never run on this data: round to nearest
+        else:
+            groups = {name: [name] for name in layers}
+        for owner, names in groups.items():
+            hessian = hessians.hessians[owner].hessian if use_data and owner in hessians.hessians else None
+            for name, packed in zip(names, solve_group([layers[n] for n in names], hessian, grid, options)):
+                replace_module(block, name, packed)
+        if use_data:
+            hidden = [run_block(block, call, states) for call, states in zip(calls, hidden)]
+    head_name = output_head_name(model) if head_grid is not None else None
+    if head_name is not None:
+        _quantize_head(model, layout, head_name, hidden, head_grid, options)
+    return model
+
+
+def _quantize_head(model, layout: Layout, head_name: str, hidden, head_grid: Grid, options: SolverOptions) -> None:
+    head = model.get_submodule(head_name)
+    embedding_name = tied_input_embedding(model, head_name)
+    hessian = None
+    if hidden:
+        tail = [m for m in (_lookup(model, path) for path in layout.tail) if isinstance(m, nn.Module)]
+        accumulator = HessianAccumulator(linear_sizes(head)[0])
+        for states in hidden:
+            for module in tail:
+                states = module(states)
+            accumulator.add(states)
+        hessian = accumulator.hessian
+    (packed,) = solve_group([head], hessian, head_grid, options)
+    replace_module(model, head_name, packed)
+    if embedding_name is not None:
+        tie_embedding(model, embedding_name, packed)

@@ -1,0 +1,148 @@
+"""How a :class:`~smashlib.layers.packed_int.PackedLinear` runs: kernel forms derived from its buffers.
+
+The packed buffers are the saved, portable truth; each kernel form below is rebuilt from them on the
+machine that runs the model (PyTorch's int4 CPU layout depends on the CPU). The first form that fits
+the layer and its device is used, in this order, which is the order of measured speed on CPU:
+
+``int4pack_cpu``  ``aten._weight_int4pack_mm_for_cpu`` with **bf16 activations**, for 2, 3 and 4 bits
+                  (their integers fit the kernel's 0..15 grid exactly). Weight-only: activations are
+                  not quantized, so GPTQ's quality is kept. Measured here (AVX512-BF16 EPYC, 1 thread,
+                  batch 1): 56 us for a 1536x576 mat-vec against 85 us in fp32, and 1.7 ms against
+                  20 ms for the 49152x576 output head. With fp32 activations the same kernel is
+                  20-40x slower (the "14x slower than fp32" of a first probe), hence the bf16 cast.
+``int8pack_cpu``  ``aten._weight_int8pack_mm`` (bf16 activations, int8 weight, one scale per row), for
+                  8 bits. 8-bit grids are symmetric (zero point 128), so with one group per row
+                  (group_size -1) q - 128 is the int8 weight exactly; with smaller groups the
+                  dequantized weight is re-rounded to one int8 grid per row (an extra error below half
+                  a step of that grid).
+``dequantized``   anything else (other devices, shapes the kernels refuse): the weight is dequantized
+                  once into the activations' dtype and run with ``F.linear``; exact, no speed-up.
+
+fbgemm's dynamic int8 kernel (``quantized::linear_dynamic``) is faster still, but it quantizes the
+activations per tensor, and SmolLM2's outlier channels then cost far more than GPTQ gains (see
+docs/torch_dynamic.md), so it is not used here.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch.nn import functional as F
+
+from smashlib.layers.int8_linear import quantize_per_channel_int8
+from smashlib.layers.packed_int import PackedLinear
+
+#: Group sizes the int4 CPU kernel accepts, largest first.
+INT4_KERNEL_GROUPS = (256, 128, 64, 32)
+#: The int4 kernel's integers are offset by this: it computes (q - 8) * scale + zero.
+INT4_KERNEL_OFFSET = 8
+
+
+def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return y if bias is None else y + bias.to(y.dtype)
+
+
+class Int4PackCPU:
+    """2/3/4-bit weights on PyTorch's int4 CPU kernel (bf16 activations, fp32 accumulation)."""
+
+    name: ClassVar[str] = "int4pack_cpu"
+
+    @staticmethod
+    def kernel_group(layer: PackedLinear) -> int | None:
+        """The largest group size the kernel takes whose groups each lie in one stored group."""
+        stored = layer.in_features if layer.group_size == -1 else layer.group_size
+        for size in INT4_KERNEL_GROUPS:
+            if layer.in_features % size == 0 and stored % size == 0:
+                return size
+        return None
+
+    @classmethod
+    def fits(cls, layer: PackedLinear) -> bool:
+        return (
+            layer.qweight.device.type == "cpu"
+            and layer.bits <= 4
+            and layer.out_features % 16 == 0
+            and cls.kernel_group(layer) is not None
+        )
+
+    def __init__(self, layer: PackedLinear) -> None:
+        self.group = self.kernel_group(layer)
+        q, zeros = layer.integers()
+        self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+        stored = layer.in_features if layer.group_size == -1 else layer.group_size
+        # kernel group c covers stored columns [c * group, (c + 1) * group): all in stored group c * group // stored
+        which = torch.arange(0, layer.in_features, self.group) // stored
+        scales = layer.scales.float()[:, which]
+        offsets = scales * (INT4_KERNEL_OFFSET - zeros.float()[:, which])
+        self.scales_and_zeros = torch.stack([scales, offsets], dim=-1).transpose(0, 1).to(torch.bfloat16).contiguous()
+        self.perm = layer.perm.long() if layer.perm is not None else None
+        self.bias = layer.bias
+        self.out_features = layer.out_features
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if self.perm is not None:
+            rows = rows.index_select(1, self.perm)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            rows.to(torch.bfloat16), self.weight, self.group, self.scales_and_zeros
+        )
+        return _add_bias(y.to(x.dtype), self.bias).reshape(*x.shape[:-1], self.out_features)
+
+
+class Int8PackCPU:
+    """8-bit weights on PyTorch's int8 weight-only CPU kernel (bf16 activations, one scale per row)."""
+
+    name: ClassVar[str] = "int8pack_cpu"
+
+    @staticmethod
+    def fits(layer: PackedLinear) -> bool:
+        return layer.qweight.device.type == "cpu" and layer.bits == 8
+
+    def __init__(self, layer: PackedLinear) -> None:
+        q, zeros = layer.integers()
+        if layer.group_size == -1 and bool((zeros == 128).all()):
+            weight = (q.to(torch.int16) - 128).to(torch.int8)
+            if layer.perm is not None:  # one group per row: the columns can simply go back in place
+                weight = torch.empty_like(weight).index_copy_(1, layer.perm.long(), weight)
+            self.weight, self.scales = weight, layer.scales[:, 0].contiguous()
+        else:
+            self.weight, scales = quantize_per_channel_int8(layer.dequantize(torch.float32))
+            self.scales = scales.to(torch.bfloat16)
+        self.bias = layer.bias
+        self.out_features = layer.out_features
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales)
+        return _add_bias(y.to(x.dtype), self.bias).reshape(*x.shape[:-1], self.out_features)
+
+
+class Dequantized:
+    """Any device, any shape: the weight dequantized once, run by F.linear in the activations' dtype."""
+
+    name: ClassVar[str] = "dequantized"
+
+    @staticmethod
+    def fits(layer: PackedLinear) -> bool:
+        return True
+
+    def __init__(self, layer: PackedLinear) -> None:
+        self.weight = layer.dequantize(torch.float32)
+        self.bias = layer.bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype != x.dtype:
+            self.weight = self.weight.to(x.dtype)
+        return F.linear(x, self.weight, None if self.bias is None else self.bias.to(x.dtype))
+
+
+#: Tried in order; the first that fits the layer runs it.
+KERNELS: tuple[type, ...] = (Int4PackCPU, Int8PackCPU, Dequantized)
+
+
+def build_kernel(layer: PackedLinear):
+    """The fastest kernel form that fits ``layer`` on its current device."""
+    for kernel in KERNELS:
+        if kernel.fits(layer):
+            return kernel(layer)
+    raise AssertionError("Dequantized fits every layer")

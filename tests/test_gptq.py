@@ -1,0 +1,278 @@
+"""gptq: the solver beats round-to-nearest, packing is exact, a packed layer computes its own weight, the
+algorithm calibrates tiny and real models, saves and loads exactly, and refuses what it cannot do."""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from smashlib import SmashConfig, SmashedModel, smash
+from smashlib.data import pack_texts
+from smashlib.errors import MissingComponentError, MissingPackageError, UnsupportedModelError
+from smashlib.gptq.layerwise import Grid, quantize_model
+from smashlib.gptq.solver import HessianAccumulator, gptq_quantize, rtn_quantize
+from smashlib.layers.packed_int import PackedEmbedding, PackedLinear, pack_bits, packed_length, unpack_bits
+from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer
+
+FAST = {"gptq_calibration_samples": 16, "gptq_sequence_length": 128}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def calibration(tokenizer):
+    from pydoc_data.topics import topics
+
+    texts = [text for _, text in sorted(topics.items()) if len(text) > 500]
+    return pack_texts(texts, tokenizer, seq_len=64, n_samples=32, batch_size=8)
+
+
+def gptq_config(tokenizer, data, **values) -> SmashConfig:
+    config = SmashConfig({"quantizer": "gptq", **FAST, **values}, device="cpu")
+    if tokenizer is not None:
+        config.add_tokenizer(tokenizer)
+    if data is not None:
+        config.add_data(data)
+    return config
+
+
+def state_bytes(model) -> int:
+    """Bytes of a model's state dict, a tensor shared by two names (tied embeddings) counted once."""
+    unique = {(t.data_ptr(), t.dtype, tuple(t.shape)): t for t in model.state_dict().values()}
+    return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+def logits(model, name: str = "llama") -> torch.Tensor:
+    with torch.no_grad():
+        return model(**tiny_inputs(name)).logits
+
+
+# ====================================================================== packing
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("count", [1, 7, 8, 33, 576])
+def test_packing_round_trip_is_exact(bits, count):
+    values = torch.randint(0, 1 << bits, (5, count), dtype=torch.uint8)
+    packed = pack_bits(values, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, packed_length(count, bits))
+    assert torch.equal(unpack_bits(packed, bits, count), values)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_packed_values_take_their_real_width(bits):
+    assert packed_length(1024, bits) == 1024 * bits // 8
+
+
+def test_packing_refuses_values_that_do_not_fit():
+    with pytest.raises(ValueError, match=r"\[0, 15\]"):
+        pack_bits(torch.tensor([[16]]), 4)
+
+
+# ====================================================================== the solver
+def layer_inputs(model, module, batches) -> torch.Tensor:
+    seen = []
+    handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch)
+    handle.remove()
+    return torch.cat(seen)
+
+
+@pytest.mark.parametrize("layer", ["self_attn.q_proj", "mlp.down_proj"])
+@pytest.mark.parametrize("bits,group_size,act_order", [(4, 32, False), (3, -1, True), (2, 64, True)])
+def test_gptq_reduces_the_layers_output_error_against_round_to_nearest(calibration, layer, bits, group_size, act_order):
+    model = build_tiny("llama")
+    module = model.model.layers[1].get_submodule(layer)
+    inputs = layer_inputs(model, module, calibration)
+    hessian = HessianAccumulator(inputs.shape[1])
+    hessian.add(inputs)
+    weight = module.weight.detach()
+
+    def output_error(quantized) -> float:
+        return ((inputs @ (weight - quantized.dequantize(group_size)).t()) ** 2).mean().item()
+
+    gptq = output_error(gptq_quantize(weight, hessian.hessian, bits, group_size, 0.01, act_order))
+    rtn = output_error(rtn_quantize(weight, bits, group_size))
+    assert gptq < 0.8 * rtn, f"GPTQ {gptq:.3g} vs round-to-nearest {rtn:.3g}"
+
+
+def test_lazy_batch_updates_equal_the_column_by_column_algorithm():
+    weight = torch.randn(64, 256) * 0.02
+    inputs = torch.randn(1024, 256) @ (torch.randn(256, 256) / 16)
+    hessian = 2 * inputs.t() @ inputs / inputs.shape[0]
+    lazy = gptq_quantize(weight, hessian, 4, -1, block_size=128)
+    one_block = gptq_quantize(weight, hessian, 4, -1, block_size=256)
+    assert torch.equal(lazy.q, one_block.q)
+
+
+def test_act_order_stores_a_permutation_and_dequantizes_in_the_original_order():
+    weight = torch.randn(32, 128) * 0.02
+    # a diagonal Hessian: no error to spread between columns, so each weight rounds to its nearest level
+    hessian = torch.diag(torch.linspace(0.1, 3.0, 128))
+    quantized = gptq_quantize(weight, hessian, 8, 32, act_order=True)
+    assert quantized.perm.tolist() == list(range(127, -1, -1))  # the most active inputs first
+    half_step = quantized.scales.float().amax(dim=1, keepdim=True) / 2
+    assert ((quantized.dequantize(32) - weight).abs() <= half_step * 1.01).all()
+
+
+def test_round_to_nearest_never_leaves_the_grid():
+    quantized = rtn_quantize(torch.randn(16, 64), 3, 32)
+    assert int(quantized.q.max()) <= 7 and int(quantized.zeros.max()) <= 7
+
+
+# ====================================================================== the packed layer
+@pytest.mark.parametrize(
+    "bits,group_size,act_order,out_features,kernel",
+    [
+        (4, 128, False, 64, "int4pack_cpu"),
+        (4, 64, True, 48, "int4pack_cpu"),
+        (3, 32, False, 32, "int4pack_cpu"),
+        (2, -1, True, 32, "int4pack_cpu"),
+        (8, -1, True, 32, "int8pack_cpu"),
+        (8, 64, False, 32, "int8pack_cpu"),
+        (4, 32, False, 100, "dequantized"),  # 100 rows: the int4 kernel needs a multiple of 16
+    ],
+)
+def test_packed_linear_computes_its_dequantized_weight(bits, group_size, act_order, out_features, kernel):
+    in_features = 256
+    weight = torch.randn(out_features, in_features) * 0.05
+    bias = torch.randn(out_features)
+    inputs = torch.randn(512, in_features) * torch.linspace(0.2, 2.0, in_features)
+    quantized = gptq_quantize(weight, 2 * inputs.t() @ inputs / 512, bits, group_size, act_order=act_order)
+    layer = PackedLinear.from_integers(quantized.q, quantized.scales, quantized.zeros, bits, group_size, quantized.perm, bias)
+    assert layer.kernel_name == kernel
+    assert torch.equal(layer.dequantize(), quantized.dequantize(group_size))
+    x = torch.randn(3, 5, in_features)
+    expected = F.linear(x, layer.dequantize(), bias)
+    # the CPU kernels take bf16 activations (8 bits of mantissa); 8-bit groups are re-rounded per row
+    tolerance = 1e-5 if kernel == "dequantized" else 2e-2
+    assert (layer(x) - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+def test_packed_linear_state_is_plain_tensors_and_reloads_exactly():
+    weight = torch.randn(32, 64)
+    quantized = gptq_quantize(weight, torch.eye(64), 4, 32, act_order=True)
+    layer = PackedLinear.from_integers(quantized.q, quantized.scales, quantized.zeros, 4, 32, quantized.perm, torch.ones(32))
+    state = layer.state_dict()
+    assert set(state) == {"qweight", "scales", "qzeros", "perm", "bias"}
+    assert all(type(t) is torch.Tensor for t in state.values())
+    assert state["qweight"].dtype == torch.uint8 and state["qweight"].shape == (32, 32)
+    empty = PackedLinear(64, 32, 4, 32, bias=True, act_order=True, device="meta")
+    empty.load_state_dict(state, assign=True)
+    x = torch.randn(4, 64)
+    assert torch.equal(empty(x), layer(x))
+
+
+def test_tied_embedding_reads_the_heads_rows():
+    weight = torch.randn(48, 64)
+    quantized = rtn_quantize(weight, 4, 32)
+    head = PackedLinear.from_integers(quantized.q, quantized.scales, quantized.zeros, 4, 32)
+    embedding = PackedEmbedding(head)
+    ids = torch.tensor([[0, 5, 47], [3, 3, 1]])
+    assert torch.equal(embedding(ids), head.dequantize()[ids])
+    assert embedding.state_dict() == {}  # the table is saved once, with the head
+
+
+# ====================================================================== the algorithm
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_smash_quantizes_every_block_layer_and_the_head(name, tokenizer):
+    model = build_tiny(name)
+    before = logits(model, name)
+    fp32_bytes = state_bytes(model)
+    smashed = smash(model, gptq_config(tokenizer, "PydocTopics"), verbose=False)
+    packed = [m for m in smashed.model.modules() if isinstance(m, PackedLinear)]
+    assert len(packed) == (15 if name == "llama" else 9)  # 7 (llama) / 4 (gpt2) per block, 2 blocks, head
+    assert isinstance(smashed.model.get_input_embeddings(), PackedEmbedding)  # tied: one packed table
+    after = logits(smashed, name)
+    assert (after - before).abs().mean() < 0.25 * before.abs().mean()
+    assert state_bytes(smashed.model) < 0.45 * fp32_bytes
+
+
+def test_gptq_is_closer_to_the_model_than_round_to_nearest(calibration):
+    reference = build_tiny("llama")
+    inputs = calibration[0]
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+    errors = {}
+    for method in ("gptq", "rtn"):
+        from smashlib.gptq.layerwise import SolverOptions
+
+        model = quantize_model(build_tiny("llama"), calibration[1:], Grid(3, 32, False), None, SolverOptions(method), verbose=False)
+        with torch.no_grad():
+            errors[method] = (model(**inputs).logits - expected).pow(2).mean().item()
+    assert errors["gptq"] < 0.8 * errors["rtn"], errors
+
+
+@pytest.mark.parametrize(
+    "name,values",
+    [
+        ("llama", {}),
+        ("llama", {"gptq_weight_bits": 3, "gptq_group_size": 32, "gptq_desc_act": True, "gptq_output_head": "weight_bits"}),
+        ("llama", {"gptq_weight_bits": 8, "gptq_group_size": -1, "gptq_output_head": "keep"}),
+        ("gpt2", {"gptq_desc_act": True}),
+    ],
+    ids=["default", "3bit-actorder-head", "8bit-keep-head", "gpt2"],
+)
+def test_save_and_load_give_the_same_outputs(name, values, tokenizer, tmp_path):
+    smashed = smash(build_tiny(name), gptq_config(tokenizer, "PydocTopics", **values), verbose=False)
+    before = logits(smashed, name)
+    smashed.save_pretrained(tmp_path / "saved")
+    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    assert torch.equal(logits(loaded, name), before)
+    kernels = {m.kernel_name for m in loaded.model.modules() if isinstance(m, PackedLinear)}
+    assert kernels <= {"int4pack_cpu", "int8pack_cpu", "dequantized"} and kernels
+
+
+def test_missing_tokenizer_is_named():
+    with pytest.raises(MissingComponentError, match="add_tokenizer"):
+        smash(build_tiny("llama"), gptq_config(None, "PydocTopics"), verbose=False)
+
+
+def test_missing_data_is_named(tokenizer):
+    with pytest.raises(MissingComponentError, match="add_data"):
+        smash(build_tiny("llama"), gptq_config(tokenizer, None), verbose=False)
+
+
+def test_unsupported_model_names_the_supported_layouts(tokenizer):
+    with pytest.raises(UnsupportedModelError, match="Llama-like.*GPT-2"):
+        smash(build_tiny("bert"), gptq_config(tokenizer, "PydocTopics"), verbose=False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is not None, reason="GPTQModel is installed here")
+def test_gptqmodel_backend_names_the_missing_package(tokenizer):
+    config = gptq_config(tokenizer, "PydocTopics", gptq_backend="gptqmodel")
+    model = build_tiny("llama")
+    with pytest.raises(MissingPackageError, match="gptqmodel"):
+        smash(model, config, verbose=False)
+    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # refused before touching the model
+
+
+# ====================================================================== the real model
+@pytest.mark.real_model
+def test_smollm2_perplexity_stays_close_and_weights_shrink(smollm2_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from smashlib.data import calibration_batches
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path).eval()
+    config = gptq_config(tokenizer, "PydocTopics")
+    test = calibration_batches(config.components, 2, 256, batch_size=2, split="test")
+
+    def perplexity(m) -> float:
+        with torch.no_grad():
+            batch = test[0]
+            return math.exp(m(**batch, labels=batch["input_ids"]).loss.item())
+
+    fp32 = perplexity(model)
+    bf16_bytes = state_bytes(model) // 2
+    smashed = smash(model, config, verbose=False)
+    quantized = perplexity(smashed)
+    assert state_bytes(smashed.model) <= 0.30 * bf16_bytes
+    assert quantized < 1.25 * fp32, f"fp32 {fp32:.2f}, gptq 4-bit {quantized:.2f}"
