@@ -32,13 +32,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 VARIANTS: dict[str, Any] = {
     "fp32": None,
     "bf16": {"quantizer": "half"},
-    "rtn 4-bit g128": ("rtn", (4, 128, False), (8, -1, False)),
-    "gptq 4-bit g128": {"quantizer": "gptq"},
-    "gptq 4-bit g128 act-order": {"quantizer": "gptq", "gptq_desc_act": True},
-    "gptq 4-bit g128, head kept": {"quantizer": "gptq", "gptq_output_head": "keep"},
-    "gptq 4-bit g128, head 4-bit": {"quantizer": "gptq", "gptq_output_head": "weight_bits"},
-    "rtn 3-bit g128": ("rtn", (3, 128, False), (8, -1, False)),
-    "gptq 3-bit g128": {"quantizer": "gptq", "gptq_weight_bits": 3},
+    "rtn 4-bit g32": ("rtn", (4, 32, False), (4, 32, False)),
+    "gptq 4-bit g32": {"quantizer": "gptq"},
+    "gptq 4-bit g32, no act-order": {"quantizer": "gptq", "gptq_desc_act": False},
+    "gptq 4-bit g32, head int8": {"quantizer": "gptq", "gptq_output_head": "int8"},
+    "gptq 4-bit g32, head kept": {"quantizer": "gptq", "gptq_output_head": "keep"},
+    "rtn 4-bit g128": ("rtn", (4, 128, False), (4, 128, False)),
+    "gptq 4-bit g128": {"quantizer": "gptq", "gptq_group_size": 128},
+    "rtn 3-bit g32": ("rtn", (3, 32, False), (3, 32, False)),
+    "gptq 3-bit g32": {"quantizer": "gptq", "gptq_weight_bits": 3},
     "gptq 8-bit per-channel": {"quantizer": "gptq", "gptq_weight_bits": 8, "gptq_group_size": -1},
 }
 DATASET = "PydocTopics"

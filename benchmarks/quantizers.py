@@ -44,7 +44,9 @@ RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("fp32", {}),
     ("bf16", {"quantizer": "half", "half_dtype": "bfloat16"}),
     ("torch_dynamic int8", {"quantizer": "torch_dynamic"}),
-    ("torch_dynamic int8 (all layers)", {"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "output_head"}),
+    ("torch_dynamic int8 (all layers)", {"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none"}),
+    ("torch_dynamic int8 + smoothquant", {"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none",
+                                          "torch_dynamic_smoothquant": True}),
     ("torchao int8wo", {"quantizer": "torchao", "torchao_quant_type": "int8wo"}),
     ("torchao int8dq", {"quantizer": "torchao", "torchao_quant_type": "int8dq"}),
     ("hqq 8-bit", {"quantizer": "hqq", "hqq_weight_bits": 8}),
@@ -72,7 +74,7 @@ def recipe_config(recipe: dict[str, Any], tokenizer: Any = None) -> Any:
     from smashlib import SmashConfig
 
     config = SmashConfig(recipe, device="cpu")
-    needs = {component for algorithm in config.chosen_algorithms() for component in algorithm.requires}
+    needs = {component for _, component in config.missing_components()}
     if "tokenizer" in needs and tokenizer is not None:
         config.add_tokenizer(tokenizer)
     if "data" in needs:
@@ -176,10 +178,12 @@ def worker_measure(label: str, recipe: dict[str, Any], folder: str | None, args:
 
 # ====================================================================== the driver
 def _run(argv: list[str], quiet: bool) -> None:
+    """Run a worker; a failure raises with the last lines of its stderr (kept even when quiet)."""
     command = [sys.executable, os.path.abspath(__file__), *argv]
-    result = subprocess.run(command, stderr=subprocess.DEVNULL if quiet else None)
+    result = subprocess.run(command, stderr=subprocess.PIPE if quiet else None, text=True, check=False)
     if result.returncode:
-        raise RuntimeError(f"{' '.join(argv[:3])} exited with status {result.returncode}")
+        tail = " | ".join((result.stderr or "").strip().splitlines()[-3:])
+        raise RuntimeError(f"the {argv[1]} process exited with status {result.returncode}{': ' + tail if tail else ''}")
 
 
 def _median_report(label: str, rounds: list[dict[str, Any]]) -> Any:

@@ -107,8 +107,11 @@ def add_registry_flags(parser: argparse.ArgumentParser) -> None:
     for algorithm in registry.algorithms().values():
         if not algorithm.hyperparameters:
             continue
-        note = "" if not algorithm.missing_packages() else f" [needs {algorithm.install_hint()}]"
-        section = parser.add_argument_group(f"{algorithm.group} {algorithm.name}: {algorithm.summary}{note}")
+        notes = [f"needs {', '.join(algorithm.requires)}"] if algorithm.requires else []
+        if algorithm.missing_packages():
+            notes.append(f"not installed: {algorithm.install_hint()}")
+        note = f" [{'; '.join(notes)}]" if notes else ""
+        section = parser.add_argument_group(f"{algorithm.group} {algorithm.name}: {algorithm.summary.rstrip('.')}{note}")
         for hyperparameter in algorithm.hyperparameters:
             key = f"{algorithm.name}_{hyperparameter.name}"
             section.add_argument(
@@ -208,16 +211,22 @@ def cmd_smash(args: argparse.Namespace) -> int:
     config = SmashConfig(config_values(args), device=args.device)
     if not config.chosen_algorithms():
         raise CommandError("no algorithm chosen: add e.g. --quantizer torch_dynamic (see 'smashlib algorithms').")
+    missing = config.missing_components()  # nothing is attached yet: everything the chosen algorithms need
+    needs = {component: [a.name for a, c in missing if c == component] for component in ("tokenizer", "data")}
+    if needs["data"] and not args.data:
+        raise CommandError(f"{', '.join(needs['data'])} needs calibration data: add --data NAME (e.g. --data PydocTopics).")
     _quiet_transformers(args.quiet)
     path = resolve_model_path(args.model)
-    _say(args, f"loading {path}")
-    model = load_plain_model(path)
-    tokenizer = args.tokenizer or path
-    loaded = load_tokenizer(tokenizer)
+    loaded = load_tokenizer(args.tokenizer or path)
     if loaded is not None:
         config.add_tokenizer(loaded)
-    elif args.tokenizer:
-        raise CommandError(f"cannot load a tokenizer from {args.tokenizer}.")
+    elif args.tokenizer or needs["tokenizer"]:
+        raise CommandError(
+            f"cannot load a tokenizer from {args.tokenizer or path}"
+            + (f", which {', '.join(needs['tokenizer'])} needs: add --tokenizer DIR_OR_ID." if needs["tokenizer"] else ".")
+        )
+    _say(args, f"loading {path}")
+    model = load_plain_model(path)
     if args.data:
         config.add_data(args.data)
     original = None
@@ -235,21 +244,13 @@ def cmd_smash(args: argparse.Namespace) -> int:
         payload["saved_to"] = str(saved)
         lines.append(f"saved to {saved}")
     if args.report:
-        report = _compare_after_smash(original, smashed, args)
+        from smashlib.evaluation.smash_report import compare_after_smash
+
+        report = compare_after_smash(original, smashed, not args.quiet, data=args.data or COMPARE_DATASET)
         payload["report"] = report.to_dict()
         lines += ["", str(report)]
     _emit(args, payload, "\n".join(lines))
     return 0
-
-
-def _compare_after_smash(original: Any, smashed: Any, args: argparse.Namespace) -> Any:
-    from smashlib.evaluation.compare import compare
-
-    components = smashed.smash_config.components
-    return compare(
-        original, smashed, data=args.data or COMPARE_DATASET, tokenizer=components.tokenizer,
-        tokenizer_kwargs={"max_length": COMPARE_TOKENS}, max_samples=COMPARE_SAMPLES, verbose=not args.quiet,
-    )
 
 
 def _compare_metrics(args: argparse.Namespace, base: Any, smashed: Any, paths: tuple[str, str]) -> list[Any]:
@@ -321,8 +322,9 @@ def describe_manifest(folder: Path, manifest: dict[str, Any], sizes: dict[str, A
     saved = manifest.get("saved_model", {})
     model = saved.get("model", {})
     versions = saved.get("versions", {})
-    lines = [f"{folder}: a {model.get('class', 'model')} smashed by smashlib ({model.get('library', '?')} model, "
-             f"{model.get('dtype', '?')}, device {manifest.get('device', '?')})"]
+    head = (f"{folder}: a {model.get('class', 'model')} smashed by smashlib ({model.get('library', '?')} model, "
+            f"{model.get('dtype', '?')}, device {manifest.get('device', '?')})")
+    lines = [head]
     algorithms = saved.get("algorithms", [])
     lines.append("made with, in the order applied:" if algorithms else "made with: no algorithm")
     for entry in algorithms:
@@ -335,6 +337,9 @@ def describe_manifest(folder: Path, manifest: dict[str, Any], sizes: dict[str, A
     lines.append(f"weights on disk: {sizes['weights_mb']} MB ({weights.get('tensors', '?')} tensors in "
                  f"{weights.get('file', '?')}); folder {sizes['folder_mb']} MB")
     lines.append(f"load it: SmashedModel.from_pretrained({str(folder)!r})")
+    measured = saved.get("report", {}).get("markdown") if isinstance(saved.get("report"), dict) else None
+    if measured:
+        lines += ["", "measured before saving:", measured]
     return "\n".join(lines)
 
 

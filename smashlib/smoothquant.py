@@ -170,9 +170,27 @@ def _first_tensor(output: Any) -> torch.Tensor:
 
 
 def _run(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    return model(batch)
+    if not isinstance(batch, Mapping):
+        return model(batch)
+    config = getattr(model, "config", None)
+    prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" not in batch and callable(prepare):
+        # text calibration data holds input_ids only; the decoder reads the same text, shifted right
+        if "labels" in batch or "input_ids" in batch:
+            batch = {**batch, "decoder_input_ids": prepare(labels=batch.get("labels", batch.get("input_ids")))}
+    return model(**batch)
+
+
+def _first_sample(batch: Any) -> Any:
+    """The batch cut to its first sample: checking a fold needs one forward pass, not a batch's worth."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:1]
+    if not isinstance(batch, Mapping):
+        return batch
+    sizes = [v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+    if not sizes:
+        return batch
+    return {k: v[:1] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == sizes[0] else v for k, v in batch.items()}
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -253,8 +271,8 @@ def smooth(
     """Smooth ``model`` in place with SmoothQuant and return the folds applied.
 
     ``calibration_batches``: inputs as the model takes them (dicts of tensors such as
-    :func:`smashlib.data.calibration_batches` returns, or tensors of input ids); the first one also
-    checks that each rule keeps the outputs unchanged. ``alpha`` in [0, 1]: the share of each
+    :func:`smashlib.data.calibration_batches` returns, or tensors of input ids); the first sample of
+    the first one also checks that each rule keeps the outputs unchanged. ``alpha`` in [0, 1]: the share of each
     channel's range moved into the weights. ``only``: names of the Linears that will be quantized
     (smoothing the others would change nothing useful). Call it before quantizing.
     """
@@ -271,7 +289,7 @@ def smooth(
     try:
         ranges = activation_ranges(model, [t for fold in folds for t in fold.targets], batches)
         device = next(model.parameters()).device
-        probe = _to_device(batches[0], device)
+        probe = _to_device(_first_sample(batches[0]), device)
         reference = _first_tensor(_run(model, probe))
         tolerance = TOLERANCE.get(reference.dtype, HALF_TOLERANCE)
         applied: list[Fold] = []

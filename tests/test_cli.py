@@ -98,16 +98,29 @@ def test_bad_arguments_end_with_one_line_and_a_status(capsys, argv, status, says
     assert says in err
 
 
+def test_an_algorithm_that_needs_data_asks_for_the_flag(capsys):
+    from smashlib.registry import algorithms
+
+    needing = [a for a in algorithms().values() if "data" in a.requires and not a.missing_packages() and "cpu" in a.runs_on]
+    if not needing:
+        pytest.skip("no installed algorithm needs calibration data")
+    algorithm = needing[0]
+    code, _, err = run(capsys, "smash", "m", f"--{algorithm.group}", algorithm.name, "--out", "o", "--device", "cpu")
+    assert code == 1 and "--data NAME" in err
+    assert_one_line_error(err)
+
+
 def test_no_algorithm_chosen_is_an_error(capsys, model_folder, tmp_path):
     code, _, err = run(capsys, "smash", str(model_folder), "--out", str(tmp_path / "out"))
     assert code == 1 and "no algorithm chosen" in err
 
 
 def test_console_script_runs_as_a_process():
-    ok = subprocess.run([sys.executable, "-m", "smashlib.cli", "algorithms", "--json"], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "smashlib.cli", "algorithms", "--json"], capture_output=True, text=True,
+                        check=False)
     assert ok.returncode == 0 and json.loads(ok.stdout)
     bad = subprocess.run([sys.executable, "-m", "smashlib.cli", "smash", "x", "--quantizer", "nope"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
 

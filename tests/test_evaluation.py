@@ -343,7 +343,8 @@ def test_report_plot(tiny_report, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib not installed")
     report, _ = tiny_report
     path = report.plot(tmp_path / "report.png")
-    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(path, "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_plot_without_matplotlib_says_what_to_install(tiny_report, tmp_path, monkeypatch):

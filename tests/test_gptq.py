@@ -48,9 +48,23 @@ def state_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in unique.values())
 
 
+def build(name: str) -> torch.nn.Module:
+    """A tiny model: those of tests/tiny_models.py, plus OPT (a third decoder layout gptq knows)."""
+    if name != "opt":
+        return build_tiny(name)
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.OPTConfig(
+        hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
+        max_position_embeddings=128, word_embed_proj_dim=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return transformers.OPTForCausalLM(config).eval()
+
+
 def logits(model, name: str = "llama") -> torch.Tensor:
     with torch.no_grad():
-        return model(**tiny_inputs(name)).logits
+        return model(**tiny_inputs("llama" if name == "opt" else name)).logits
 
 
 # ====================================================================== packing
@@ -215,12 +229,13 @@ def test_gptq_is_closer_to_the_model_than_round_to_nearest(calibration):
         ("llama", {}),
         ("llama", {"gptq_weight_bits": 3, "gptq_group_size": 32, "gptq_desc_act": True, "gptq_output_head": "weight_bits"}),
         ("llama", {"gptq_weight_bits": 8, "gptq_group_size": -1, "gptq_output_head": "keep"}),
-        ("gpt2", {"gptq_desc_act": True}),
+        ("gpt2", {"gptq_desc_act": False}),
+        ("opt", {}),
     ],
-    ids=["default", "3bit-actorder-head", "8bit-keep-head", "gpt2"],
+    ids=["default", "3bit-actorder-head", "8bit-keep-head", "gpt2", "opt"],
 )
 def test_save_and_load_give_the_same_outputs(name, values, tokenizer, tmp_path):
-    smashed = smash(build_tiny(name), gptq_config(tokenizer, "PydocTopics", **values), verbose=False)
+    smashed = smash(build(name), gptq_config(tokenizer, "PydocTopics", **values), verbose=False)
     before = logits(smashed, name)
     smashed.save_pretrained(tmp_path / "saved")
     loaded = SmashedModel.from_pretrained(tmp_path / "saved")
@@ -276,3 +291,40 @@ def test_smollm2_perplexity_stays_close_and_weights_shrink(smollm2_path):
     quantized = perplexity(smashed)
     assert state_bytes(smashed.model) <= 0.30 * bf16_bytes
     assert quantized < 1.25 * fp32, f"fp32 {fp32:.2f}, gptq 4-bit {quantized:.2f}"
+
+
+# ====================================================================== GPTQ checkpoints (gptqmodel backend)
+def pack_int32(values: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """The GPTQ checkpoint packing, written independently of smashlib: 32 // bits values per int32 along
+    ``dim``, lowest bits first (as auto-gptq's QuantLinear.pack does)."""
+    per_word = 32 // bits
+    values = values.to(torch.int64) & ((1 << bits) - 1)
+    if dim == 1:
+        return pack_int32(values.t(), bits, 0).t().contiguous()
+    words = torch.zeros(values.shape[0] // per_word, values.shape[1], dtype=torch.int64)
+    for position in range(per_word):
+        words |= values[position::per_word] << (bits * position)
+    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+
+
+@pytest.mark.parametrize("bits,act_order", [(4, False), (4, True), (2, True), (8, False)])
+def test_gptq_checkpoint_layers_become_packed_layers(bits, act_order):
+    from smashlib.gptq.gptqmodel_backend import packed_from_checkpoint
+
+    out_features, in_features, group_size = 64, 128, 32
+    groups = in_features // group_size
+    q = torch.randint(0, 1 << bits, (out_features, in_features))
+    zeros = torch.randint(0, 1 << bits, (out_features, groups))
+    zeros[0, 0] = 0  # the v1 format stores zero - 1: a zero of 0 wraps around
+    scales = (torch.rand(out_features, groups) + 0.5).to(torch.float16)
+    g_idx = torch.randperm(in_features) // group_size if act_order else torch.arange(in_features) // group_size
+    weight = scales.float()[:, g_idx] * (q - zeros[:, g_idx]).float()
+    checkpoint = {
+        "layer.qweight": pack_int32(q.t(), bits, dim=0),
+        "layer.qzeros": pack_int32((zeros - 1).t(), bits, dim=1),
+        "layer.scales": scales.t().contiguous(),
+        "layer.g_idx": g_idx.to(torch.int32),
+    }
+    layer = packed_from_checkpoint(checkpoint, "layer", Grid(bits, group_size, act_order))
+    # bf16 scales (the kernels' type) in place of fp16: a relative change below 2**-8
+    assert torch.allclose(layer.dequantize(), weight, rtol=2**-8, atol=0)

@@ -104,3 +104,10 @@ def test_combines_with_torch_compile():
         compiled = smashed(**inputs).logits
         eager = smashed.model.forward(**inputs).logits  # nn.Module.compile wraps __call__, not forward
     assert torch.allclose(compiled, eager, atol=1e-4)
+
+
+def test_gpt2_conv1d_model_is_refused_with_a_pointer():
+    from smashlib.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="Conv1D.*hqq or torch_dynamic"):
+        smash(build_tiny("gpt2"), SmashConfig({"quantizer": "torchao"}), verbose=False)

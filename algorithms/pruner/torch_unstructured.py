@@ -1,9 +1,12 @@
 """torch_unstructured: zero a fraction of each Linear weight (magnitude or random), made permanent.
 
-Only Linear weights are pruned: norms, embeddings and biases carry little of the parameter count and
-much of the quality. The zeros are written into the weight (no mask or reparametrisation is left
-behind), so the model saves and loads like any other; use it before a quantizer or a sparse kernel to
-turn zeros into speed.
+Only Linear weights are pruned (nn.Linear and transformers' Conv1D, GPT-2's linear layers): norms,
+embeddings and biases carry little of the parameter count and much of the quality. An output head
+whose weight is the input embedding matrix (tied) is never pruned, whatever ``keep_output_head`` says,
+since pruning it would prune the embeddings. Each layer loses exactly ``sparsity`` of its weights
+(rounded), the smallest in magnitude or chosen at random. The zeros are written into the weight (no
+mask or reparametrisation is left behind), so the model saves and loads like any other; use it before
+a quantizer or a sparse kernel to turn zeros into speed.
 """
 from __future__ import annotations
 
@@ -14,12 +17,24 @@ from torch.nn.utils import prune
 
 from smashlib.algorithm import Algorithm
 from smashlib.errors import UnsupportedModelError
+from smashlib.layers.int8_linear import is_linear
 from smashlib.modules import output_head_names
 
 
-def prunable_linears(model: nn.Module, keep_output_head: bool = True) -> list[tuple[str, nn.Linear]]:
+def _embedding_weights(model: nn.Module) -> set[int]:
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+
+
+def prunable_linears(model: nn.Module, keep_output_head: bool = True) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every Linear the pruner may touch: not the output head when it is kept, never a
+    layer whose weight is also an embedding's."""
     skip = output_head_names(model) if keep_output_head else set()
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in skip]
+    embeddings = _embedding_weights(model)
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if (isinstance(m, nn.Linear) or is_linear(m)) and name not in skip and id(m.weight) not in embeddings
+    ]
 
 
 class TorchUnstructured(Algorithm):
@@ -34,7 +49,10 @@ class TorchUnstructured(Algorithm):
 
     def check_model(self, model: nn.Module) -> None:
         if not prunable_linears(model):
-            raise UnsupportedModelError("torch_unstructured prunes nn.Linear weights; this model has none.")
+            raise UnsupportedModelError(
+                "torch_unstructured prunes nn.Linear (and transformers Conv1D) weights; this model has none "
+                "besides its output head."
+            )
 
     def apply(self, model, settings, components):
         method = prune.l1_unstructured if settings["method"] == "magnitude" else prune.random_unstructured

@@ -13,9 +13,11 @@ from ConfigSpace import Categorical
 from torch import nn
 
 from smashlib.algorithm import Algorithm
-from smashlib.errors import UnsupportedModelError
+from smashlib.errors import MissingPackageError, UnsupportedModelError
 
 COMPUTE_DTYPES = ("bfloat16", "float32", "float16")
+#: First bitsandbytes release with a CUDA kernel for 4-bit blocks of 32 (the CPU path takes any size).
+BLOCKSIZE_32_ON_CUDA = "0.50"
 
 
 def layer_options(settings: dict) -> dict:
@@ -40,9 +42,22 @@ class Bnb4bit(Algorithm):
         Categorical("quant_type", ["nf4", "fp4"], default="nf4"),
         Categorical("double_quant", [True, False], default=True),
         Categorical("compute_dtype", list(COMPUTE_DTYPES), default="bfloat16"),
-        Categorical("blocksize", [64, 128, 256], default=64),
+        Categorical("blocksize", [32, 64, 128, 256], default=64),
         Categorical("keep_output_head", [True, False], default=True),
     )
+
+    def check_settings(self, settings: dict, device: str) -> None:
+        from packaging.version import Version
+
+        if device == "cuda" and int(settings["blocksize"]) == 32:
+            import importlib.metadata
+
+            found = importlib.metadata.version("bitsandbytes")
+            if Version(found) < Version(BLOCKSIZE_32_ON_CUDA):
+                raise MissingPackageError(
+                    f"bnb_4bit_blocksize=32 on CUDA needs bitsandbytes>={BLOCKSIZE_32_ON_CUDA} (found {found}): "
+                    "pip install -U bitsandbytes, or choose bnb_4bit_blocksize=64."
+                )
 
     def check_model(self, model: nn.Module) -> None:
         from smashlib.layers.linear_like import linear_like_names

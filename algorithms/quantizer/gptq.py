@@ -34,7 +34,7 @@ from smashlib.layers.packed_int import PackedLinear
 TOKENS_PER_BATCH = 4096
 
 #: How the output head (lm_head) is treated: quantized like the other layers, to 8 bits, or kept.
-OUTPUT_HEAD_CHOICES = ("int8", "weight_bits", "keep")
+OUTPUT_HEAD_CHOICES = ("weight_bits", "int8", "keep")
 
 
 def layer_grid(settings: dict[str, Any]) -> Grid:
@@ -58,12 +58,12 @@ class GPTQ(Algorithm):
     summary = "GPTQ 2/3/4/8-bit weights calibrated layer by layer on data; packed on disk, int4/int8 CPU kernels."
     hyperparameters = (
         Categorical("weight_bits", [4, 8, 3, 2], default=4),
-        Categorical("group_size", [128, -1, 32, 64, 256], default=128),
+        Categorical("group_size", [32, 64, 128, 256, -1], default=32),
         Float("damp_percent", (0.001, 0.2), default=0.01, log=True),
-        Categorical("desc_act", [False, True], default=False),
-        Integer("calibration_samples", (8, 1024), default=64, log=True),
+        Categorical("desc_act", [True, False], default=True),
+        Integer("calibration_samples", (8, 1024), default=32, log=True),
         Categorical("sequence_length", [256, 128, 512, 1024, 2048], default=256),
-        Categorical("output_head", list(OUTPUT_HEAD_CHOICES), default="int8"),
+        Categorical("output_head", list(OUTPUT_HEAD_CHOICES), default="weight_bits"),
         Categorical("backend", ["torch", "gptqmodel"], default="torch"),
     )
 

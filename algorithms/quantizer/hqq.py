@@ -16,7 +16,6 @@ from smashlib.errors import HyperparameterValueError, UnsupportedDeviceError, Un
 from smashlib.layers.hqq_linear import HQQPackedLinear, layer_supported, tinygemm_supported
 from smashlib.layers.linear_like import linear_like_names, linear_sizes, linear_weight
 from smashlib.modules import replace_module
-from smashlib.progress import progress
 
 
 def resolve_backend(settings: dict, device: str) -> str:
@@ -38,12 +37,12 @@ class HQQ(Algorithm):
     name = "hqq"
     group = "quantizer"
     runs_on = ("cpu", "cuda")
-    needs_packages = ("hqq>=0.2.5",)
+    needs_packages = ("hqq>=0.2.8",)
     extra = "hqq"
     summary = "Half-Quadratic Quantization to 2/3/4/8-bit groups, no calibration; 4-bit runs on the int4 CPU kernel."
     hyperparameters = (
         Categorical("weight_bits", [4, 8, 3, 2], default=4),
-        Categorical("group_size", [64, 32, 128, 256], default=64),
+        Categorical("group_size", [32, 64, 128, 256], default=32),
         Categorical("axis", [1, 0], default=1),
         Categorical("backend", ["auto", "int4_tinygemm", "dequantize"], default="auto"),
         Categorical("keep_output_head", [True, False], default=True),
@@ -83,7 +82,7 @@ class HQQ(Algorithm):
         bits, group_size, axis = layer_settings(settings)
         backend = resolve_backend(settings, next(model.parameters()).device.type)
         names = self.targets(model, settings)
-        for name in progress(names, desc="hqq", disable=len(names) < 20):
+        for name in names:
             layer = model.get_submodule(name)
             replace_module(model, name, HQQPackedLinear.from_weight(
                 linear_weight(layer), layer.bias, bits, group_size, axis, backend

@@ -25,6 +25,11 @@ WEIGHT_TYPES = ("qint8", "qint4", "qint2", "qfloat8")
 ACTIVATION_TYPES = ("none", "qint8")
 
 
+def nn_linears(model: nn.Module, keep: str) -> list[str]:
+    """The nn.Linear layers the ``keep`` preset quantizes (quanto has no transformers Conv1D support)."""
+    return [name for name in linears_to_quantize(model, keep) if type(model.get_submodule(name)) is nn.Linear]
+
+
 def quanto_quantize(model: nn.Module, settings: dict, names: list[str]) -> None:
     """Swap ``names`` for quanto's QLinear (float weights still, activations not yet calibrated).
 
@@ -47,7 +52,7 @@ class Quanto(Algorithm):
     name = "quanto"
     group = "quantizer"
     runs_on = ("cpu", "cuda")
-    needs_packages = ("optimum-quanto>=0.2.6",)
+    needs_packages = ("optimum-quanto>=0.2.7",)
     extra = "quanto"
     summary = "optimum-quanto int8/int4/int2/float8 weights, optional calibrated int8 activations (+SmoothQuant)."
     hyperparameters = (
@@ -71,14 +76,17 @@ class Quanto(Algorithm):
             )
 
     def check_model(self, model):
-        if not linears_to_quantize(model, "output_head"):
-            raise UnsupportedModelError("quanto quantizes nn.Linear layers; this model has none besides its output head.")
+        if not nn_linears(model, "output_head"):
+            raise UnsupportedModelError(
+                "quanto quantizes nn.Linear layers (not transformers' Conv1D, as in GPT-2); this model has none "
+                "besides its output head: try hqq or torch_dynamic."
+            )
 
     def apply(self, model, settings, components):
         needed = self.required_components(settings)
         check_components(self.name, needed, components, f"activations='{settings['activations']}'")
         batches = calibration_inputs(model, components, int(settings["calibration_samples"])) if needed else []
-        names = linears_to_quantize(model, settings["keep_full_precision"])
+        names = nn_linears(model, settings["keep_full_precision"])
         if settings["smoothquant"]:
             smooth_before_quantizing(model, batches, names, float(settings["smoothquant_alpha"]))
         quanto_quantize(model, settings, names)
@@ -97,6 +105,6 @@ class Quanto(Algorithm):
     def prepare_for_loading(self, model, settings):
         from optimum.quanto import freeze
 
-        quanto_quantize(model, settings, linears_to_quantize(model, settings["keep_full_precision"]))
+        quanto_quantize(model, settings, nn_linears(model, settings["keep_full_precision"]))
         freeze(model)  # on the meta skeleton: gives the saved state dict's layout, computes nothing
         return model

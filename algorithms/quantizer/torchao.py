@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
@@ -31,6 +32,11 @@ QUANT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "int4wo": (("cuda",), "int4 weights in groups (tinygemm kernel, bfloat16 model)"),
     "fp8dq": (("cuda",), "float8 weights and float8 activations per row (torch._scaled_mm, SM89+)"),
 }
+
+
+def nn_linears(model: nn.Module, keep: str) -> list[str]:
+    """The nn.Linear layers the ``keep`` preset quantizes (torchao has no transformers Conv1D support)."""
+    return [name for name in linears_to_quantize(model, keep) if type(model.get_submodule(name)) is nn.Linear]
 
 
 def import_torchao():
@@ -70,7 +76,7 @@ class TorchAO(Algorithm):
     name = "torchao"
     group = "quantizer"
     runs_on = ("cpu", "cuda")
-    needs_packages = ("torchao>=0.14",)
+    needs_packages = ("torchao>=0.18",)
     extra = "torchao"
     summary = "torchao quantize_: int8 weight-only, int8 dynamic, fp8 weight-only; int4/fp8-dynamic on CUDA."
     hyperparameters = (
@@ -96,26 +102,27 @@ class TorchAO(Algorithm):
         devices, what = QUANT_TYPES[settings["quant_type"]]
         if device not in devices:
             raise UnsupportedDeviceError(
-                f"torchao_quant_type='{settings['quant_type']}' ({what}) needs {' or '.join(devices).upper()}, "
+                f"torchao_quant_type='{settings['quant_type']}' ({what}) needs {' or '.join(d.upper() for d in devices)}, "
                 f"not '{device}': on CPU choose one of "
                 f"{', '.join(name for name, (d, _) in QUANT_TYPES.items() if device in d)}."
             )
 
     def check_model(self, model):
-        if not linears_to_quantize(model, "output_head"):
-            raise UnsupportedModelError("torchao quantizes nn.Linear layers; this model has none besides its output head.")
+        if not nn_linears(model, "output_head"):
+            raise UnsupportedModelError(
+                "torchao quantizes nn.Linear layers (not transformers' Conv1D, as in GPT-2); this model has none "
+                "besides its output head: try hqq or torch_dynamic."
+            )
 
     def _quantize(self, model: nn.Module, settings: dict) -> nn.Module:
-        names = set(linears_to_quantize(model, settings["keep_full_precision"]))
-        if settings["quant_type"] == "int4wo":
-            for name in names:
-                if model.get_submodule(name).weight.dtype.is_floating_point and str(
-                    model.get_submodule(name).weight.dtype
-                ) != "torch.bfloat16":
-                    raise UnsupportedModelError(
-                        "torchao_quant_type='int4wo' runs on the bfloat16 tinygemm kernel: load the model with "
-                        "dtype=torch.bfloat16."
-                    )
+        names = set(nn_linears(model, settings["keep_full_precision"]))
+        if settings["quant_type"] == "int4wo" and any(
+            model.get_submodule(name).weight.dtype != torch.bfloat16 for name in names
+        ):
+            raise UnsupportedModelError(
+                "torchao_quant_type='int4wo' runs on the bfloat16 tinygemm kernel: load the model with "
+                "dtype=torch.bfloat16."
+            )
         q = import_torchao()
         q.quantize_(
             model, torchao_config(settings["quant_type"], int(settings["group_size"])),
@@ -129,7 +136,7 @@ class TorchAO(Algorithm):
         if settings["smoothquant"]:
             check_components(self.name, self.required_components(settings), components, "smoothquant=True")
             batches = calibration_inputs(model, components, int(settings["calibration_samples"]))
-            names = linears_to_quantize(model, settings["keep_full_precision"])
+            names = nn_linears(model, settings["keep_full_precision"])
             smooth_before_quantizing(model, batches, names, float(settings["smoothquant_alpha"]))
         return self._quantize(model, settings)
 

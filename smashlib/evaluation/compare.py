@@ -73,7 +73,7 @@ def run_metrics(
                 skipped[f"{metric.name} ({label})"] = reasons[label]
         try:
             measured = _measure(metric, models, reference, active, inputs, verbose)
-        except Exception as error:  # one metric failing on one model must not cost the whole report
+        except Exception as error:  # noqa: BLE001 - one metric failing must not cost the whole report; reported
             skipped[metric.name] = f"failed: {type(error).__name__}: {error}"
             warnings.warn(f"smashlib: metric '{metric.name}' failed: {type(error).__name__}: {error}", stacklevel=2)
             continue

@@ -85,11 +85,16 @@ class Report:
     def _label(self, quantity: Quantity) -> str:
         return f"{quantity.label} ({quantity.unit})" if quantity.unit and quantity.unit != "count" else quantity.label
 
+    def _plot_label(self, quantity: Quantity) -> str:
+        unit = f" ({quantity.unit}{_direction(quantity)})" if quantity.unit and quantity.unit != "count" else (
+            f" ({_direction(quantity)[2:]})" if _direction(quantity) else "")
+        return quantity.label + unit
+
     def _rows_by_metric(self) -> tuple[list[str], list[list[str]]]:
         others = self.models[1:]
         headers = ["metric", *self.models]
         if len(others) == 1:
-            headers += [f"{others[0]}/{self.reference}", ""]
+            headers += [f"{others[0]}/{self.reference}", "verdict"]
         else:
             headers += [f"{m}/{self.reference}" for m in others]
         rows = []
@@ -244,7 +249,10 @@ class Report:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
-            raise SmashError("report.plot needs matplotlib: pip install matplotlib (or print the report instead).") from None
+            raise SmashError(
+                "report.plot needs matplotlib: pip install matplotlib (or pip install 'smashlib[plot]'); "
+                "print(report) needs nothing more."
+            ) from None
         quantities = [q for q in self.quantities if any(self.ratio(q.key, m) is not None for m in self.models[1:])]
         if not quantities:
             raise SmashError("this report has no ratio to plot: it needs values of at least two models.")
@@ -259,8 +267,10 @@ class Report:
             for bar, ratio in zip(bars, ratios):
                 axis.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {ratio:.2f}x", va="center", fontsize=8)
         axis.axvline(1.0, color="black", linewidth=1)
+        largest = max(self.ratio(q.key, m) or 0.0 for q in quantities for m in others)
+        axis.set_xlim(0, max(1.0, largest) * 1.15)  # room for the labels at the bars' ends
         axis.set_yticks([i + height * (len(others) - 1) / 2 for i in range(len(quantities))])
-        axis.set_yticklabels([f"{q.label} ({'lower' if q.lower_is_better else 'higher'} is better)" for q in quantities], fontsize=8)
+        axis.set_yticklabels([self._plot_label(q) for q in quantities], fontsize=8)
         axis.invert_yaxis()
         axis.set_xlabel(f"ratio to {self.reference} (green: better, red: worse)")
         axis.set_title("smashlib report: " + " vs ".join(self.models), fontsize=10)
@@ -268,6 +278,12 @@ class Report:
         figure.savefig(path, dpi=120)
         plt.close(figure)
         return str(path)
+
+
+def _direction(quantity: Quantity) -> str:
+    if quantity.lower_is_better is None:
+        return ""
+    return ", lower is better" if quantity.lower_is_better else ", higher is better"
 
 
 def _color(judgement: str) -> str:

@@ -36,28 +36,40 @@ def keep_original(model: torch.nn.Module) -> torch.nn.Module:
         ) from error
 
 
-def report_after_smash(original: torch.nn.Module, smashed: Any, verbose: bool = True, stream: Any = None) -> Any:
-    """Compare ``smashed`` with ``original`` on the config's attached inputs, print the table, return the Report."""
+def has_inputs(components: Any) -> bool:
+    """Whether the attached data can become model inputs (text data also needs a tokenizer)."""
+    data = components.data
+    return data is not None and (
+        components.tokenizer is not None or not getattr(data, "needs_tokenizer", False) or _module_has_tokenizer(data)
+    )
+
+
+def compare_after_smash(original: torch.nn.Module, smashed: Any, verbose: bool = True, data: Any = None) -> Any:
+    """Compare ``smashed`` with ``original`` on ``data`` (default: the config's attached data) and return
+    the Report; with no inputs at all only the sizes are measured."""
     from smashlib.evaluation.compare import compare
 
     components = smashed.smash_config.components
-    stream = stream or sys.stdout
-    data = components.data
-    has_inputs = data is not None and (
-        components.tokenizer is not None or not getattr(data, "needs_tokenizer", False) or _module_has_tokenizer(data)
-    )
-    if not has_inputs:
-        print(NO_INPUTS_NOTE, file=stream)
-    report = compare(
+    if data is None and has_inputs(components):
+        data = components.data
+    return compare(
         original,
         smashed,
-        data=components.data if has_inputs else None,
+        data=data,
         tokenizer=components.tokenizer,
         tokenizer_kwargs={"max_length": REPORT_TOKENS},
         max_samples=REPORT_SAMPLES,
         metrics=list(REPORT_METRICS),
         verbose=verbose,
     )
+
+
+def report_after_smash(original: torch.nn.Module, smashed: Any, verbose: bool = True, stream: Any = None) -> Any:
+    """What smash(report=True) does: compare, print the table (and why it is short, if it is), return the Report."""
+    stream = stream or sys.stdout
+    if not has_inputs(smashed.smash_config.components):
+        print(NO_INPUTS_NOTE, file=stream)
+    report = compare_after_smash(original, smashed, verbose)
     print(report, file=stream)
     return report
 

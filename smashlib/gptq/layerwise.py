@@ -267,7 +267,8 @@ def quantize_model(
     use_data = options.method == "gptq"
     calls = capture_first_block_inputs(model, blocks[0], batches) if use_data else []
     hidden = [call.hidden for call in calls]
-    for index, block in enumerate(progress(blocks, desc="gptq blocks", disable=not verbose)):
+    # a progress bar only where calibration takes a while (tiny test models have a couple of blocks)
+    for block in progress(blocks, desc="gptq blocks", disable=not verbose or len(blocks) < 8):
         layers = {name: module for name, module in block.named_modules() if is_linear_like(module)}
         if use_data:
             hessians = InputHessians(layers)

@@ -202,12 +202,12 @@ class HQQPackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "int4_tinygemm" and x.device.type == "cpu":
             if self._kernel is None:
-                self.pack_for_kernel()
-        if self.backend == "int4_tinygemm" and self._kernel is not None and x.device.type == "cpu":
-            packed, scales_and_offsets = self._kernel
-            out = hqq_int4_linear(x.to(torch.bfloat16), packed, scales_and_offsets, self.group_size,
-                                  self.W_q, self.scale, self.zero).to(x.dtype)
-            return out if self.bias is None else out + self.bias.to(x.dtype)
+                self.pack_for_kernel()  # falls back to "dequantize" where the kernel does not apply
+            if self._kernel is not None:
+                packed, scales_and_offsets = self._kernel
+                out = hqq_int4_linear(x.to(torch.bfloat16), packed, scales_and_offsets, self.group_size,
+                                      self.W_q, self.scale, self.zero).to(x.dtype)
+                return out if self.bias is None else out + self.bias.to(x.dtype)
         weight = self.dequantize(x.dtype)
         return nn.functional.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
 

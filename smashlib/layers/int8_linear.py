@@ -7,7 +7,7 @@ whose output head is tied to their input embeddings: the two modules then share 
 its scales, as they shared one fp32 weight before.
 
 The int8 weight and its scales are ordinary buffers, so the state dict is plain tensors (int8 in
-safetensors); the kernel's packed form is built on first use and never saved. The scales and bias stay
+safetensors); the kernel's packed form is built on first use, cached beside the weight and never saved. The scales and bias stay
 float32 when the model is cast to bf16/fp16 (the kernel computes in fp32, and a bf16 scale would keep
 only 3 significant digits); the outputs follow the dtype of the inputs.
 """
@@ -15,12 +15,24 @@ from __future__ import annotations
 
 import warnings
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakTensorKeyDictionary
 
 #: Buffers that keep float32 whatever dtype the model is cast to.
 FLOAT32_BUFFERS = ("weight_scale", "bias")
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2 and kin): a Linear storing its weight transposed, (in, out)."""
+    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers.")
+
+
+def is_linear(module: nn.Module) -> bool:
+    """An nn.Linear proper (not a subclass with its own forward) or a transformers Conv1D."""
+    return type(module) is nn.Linear or is_conv1d(module)
 
 
 def quantize_per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,11 +56,15 @@ def reduce_range() -> bool:
     return not (callable(is_vnni) and is_vnni())
 
 
+def _weight_of(linear: nn.Module) -> torch.Tensor:
+    """The (out_features, in_features) weight of an nn.Linear or a Conv1D."""
+    return linear.weight.t() if is_conv1d(linear) else linear.weight
+
+
 class _Float32Scales(nn.Module):
     """Keeps FLOAT32_BUFFERS in float32 through ``.to(dtype)``, ``.half()`` and the like (moves still apply)."""
 
     def _apply(self, fn, recurse=True):
-        self._packed = None  # moving or casting invalidates any packed copy
         kept = {name: self._buffers[name] for name in FLOAT32_BUFFERS if self._buffers.get(name) is not None}
         super()._apply(fn, recurse)
         for name, original in kept.items():
@@ -56,6 +72,57 @@ class _Float32Scales(nn.Module):
             if converted.dtype != original.dtype:  # a cast: move the exact float32 values instead
                 self._buffers[name] = original.to(converted.device)
         return self
+
+
+#: weight tensor -> (versions of weight, scale and bias, fbgemm's packed weight). Weakly keyed, so an
+#: entry goes with its weight; the versions catch in-place changes (load_state_dict copies into buffers).
+_PACKED = WeakTensorKeyDictionary()
+
+
+def packed_weight(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    """fbgemm's packed form of an int8 weight with per-row scales, built once and reused."""
+    versions = (weight._version, id(scale), scale._version, id(bias), None if bias is None else bias._version)
+    cached = _PACKED.get(weight)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+    with warnings.catch_warnings():  # quantized tensors are deprecated as a user API, not as a kernel input
+        warnings.simplefilter("ignore", UserWarning)
+        qweight = torch._make_per_channel_quantized_tensor(
+            weight, scale.double(), torch.zeros(weight.shape[0], dtype=torch.int64), 0
+        )
+        packed = torch.ops.quantized.linear_prepack(qweight, bias)
+    _PACKED[weight] = (versions, packed)
+    return packed
+
+
+@torch.library.custom_op("smashlib::int8_dynamic_linear", mutates_args=())
+def int8_dynamic_linear(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, reduce_range: bool
+) -> torch.Tensor:
+    """y = x W^T + b with W int8 per row, x quantized per call. An opaque op to torch.compile, which
+    would otherwise split the graph at every layer around fbgemm's packed-weight object."""
+    return torch.ops.quantized.linear_dynamic(x, packed_weight(weight, scale, bias), reduce_range)
+
+
+@int8_dynamic_linear.register_fake
+def _(x, weight, scale, bias, reduce_range):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _save_weight(ctx, inputs, output) -> None:
+    _, weight, scale, _, _ = inputs
+    ctx.save_for_backward(weight, scale)
+
+
+def _input_gradient(ctx, grad):
+    """Gradient for the input only (the int8 weight is frozen), through the de-quantized weight with the
+    activation's rounding taken as identity (straight-through): what training an adapter on top needs,
+    and what torch.compile asks for when any input requires grad."""
+    weight, scale = ctx.saved_tensors
+    return grad @ (weight.float() * scale[:, None]).to(grad.dtype), None, None, None, None
+
+
+int8_dynamic_linear.register_autograd(_input_gradient, setup_context=_save_weight)
 
 
 class Int8DynamicLinear(_Float32Scales):
@@ -67,34 +134,27 @@ class Int8DynamicLinear(_Float32Scales):
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
-        self._packed = None
-        self._register_load_state_dict_pre_hook(self._forget_packed)
+        #: read once here, so torch.compile sees a constant instead of tracing the CPU query
+        self.reduce_range = reduce_range()
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8DynamicLinear:
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        layer.weight, layer.weight_scale = quantize_per_channel_int8(linear.weight)
+    def empty_like(cls, linear: nn.Module) -> Int8DynamicLinear:
+        """An uninitialised layer shaped like ``linear`` (nn.Linear or Conv1D), to load saved weights into."""
+        out_features, in_features = _weight_of(linear).shape
+        return cls(in_features, out_features, bias=linear.bias is not None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module) -> Int8DynamicLinear:
+        """Quantize an nn.Linear (or a transformers Conv1D)."""
+        layer = cls.empty_like(linear)
+        layer.weight, layer.weight_scale = quantize_per_channel_int8(_weight_of(linear))
         if linear.bias is not None:
             layer.bias = linear.bias.detach().float().clone()
         return layer
 
-    def _forget_packed(self, *args, **kwargs) -> None:
-        self._packed = None
-
-    def _packed_weight(self):
-        if self._packed is None:
-            with warnings.catch_warnings():  # quantized tensors are deprecated as a user API, not as a kernel input
-                warnings.simplefilter("ignore", UserWarning)
-                qweight = torch._make_per_channel_quantized_tensor(
-                    self.weight, self.weight_scale.double(), torch.zeros(self.out_features, dtype=torch.int64), 0
-                )
-                self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
-        return self._packed
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        out = torch.ops.quantized.linear_dynamic(x.float(), self._packed_weight(), reduce_range())
-        return out if dtype == torch.float32 else out.to(dtype)
+        out = int8_dynamic_linear(x.float(), self.weight, self.weight_scale, self.bias, self.reduce_range)
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
@@ -111,7 +171,6 @@ class Int8Embedding(_Float32Scales):
         self.output_dtype = dtype
         self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
-        self._packed = None
 
     @classmethod
     def tied_to(cls, head: Int8DynamicLinear, dtype: torch.dtype = torch.float32) -> Int8Embedding:

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from smashlib.evaluation.metrics import register_metric
-from smashlib.evaluation.metrics.base import Metric, Quantity
+from smashlib.evaluation.metrics.base import Quantity
 from smashlib.evaluation.metrics.size import MB, weight_footprint
+from smashlib.evaluation.metrics.timing import RepeatedMetric
 from smashlib.evaluation.runtime import forward, model_device, model_inputs
 
 STATUS = Path("/proc/self/status")
@@ -78,7 +79,7 @@ class _RssSampler:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, current_rss())
 
-    def __enter__(self) -> _RssSampler:
+    def __enter__(self) -> _RssSampler:  # noqa: PYI034 - private helper, never subclassed
         self._thread.start()
         return self
 
@@ -110,7 +111,7 @@ def peak_extra_cuda_bytes(run, device: torch.device) -> int:
 
 
 @register_metric
-class Memory(Metric):
+class Memory(RepeatedMetric):
     name = "memory"
     summary = "Peak memory to run the first batch: weights plus the forward pass's peak (RSS on CPU, allocator on CUDA)."
     quantities = (
@@ -119,16 +120,9 @@ class Memory(Metric):
     )
 
     def __init__(self, warmup: int = 1) -> None:
-        self.warmup = warmup
-
-    def skip_reason(self, model, inputs):
-        return None if inputs else "needs inputs (data=...)"
-
-    def warm_up(self, model, inputs):
-        # lazily built kernels (packed weights) and caches belong to the steady state, not to one run
-        batch = model_inputs(inputs.on(model_device(model))[0])
-        for _ in range(self.warmup):
-            forward(model, batch)
+        # one measured run; the warm-up makes lazily built kernels (packed weights) and caches part of
+        # the steady state, not of the run
+        super().__init__(runs=1, warmup=warmup)
 
     def measure(self, model, inputs):
         device = model_device(model)

@@ -53,7 +53,7 @@ def _state_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
     falling back on parameters and buffers when a module's state_dict cannot be built."""
     try:
         values = model.state_dict(keep_vars=True).values()
-    except Exception:  # a custom state_dict that fails is that library's bug; still count what we can see
+    except Exception:  # noqa: BLE001 - a library's failing state_dict; still count what we can see
         values = [*model.parameters(), *model.buffers()]
     return [value for value in values if isinstance(value, torch.Tensor)]
 

@@ -6,8 +6,6 @@ measure the work rather than its launch.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from smashlib.evaluation.metrics import register_metric
@@ -15,12 +13,29 @@ from smashlib.evaluation.metrics.base import Metric, Quantity
 from smashlib.evaluation.runtime import forward, model_device, model_inputs, now
 
 
-def _needs_inputs(inputs: Any) -> str | None:
-    return None if inputs else "needs inputs (data=...)"
+class RepeatedMetric(Metric):
+    """Base of the metrics that run the model ``runs`` times per model (interleaved by the runner) after
+    ``warmup`` untimed forward passes of the first batch (lazy kernels, packed weights, caches)."""
+
+    def __init__(self, runs: int, warmup: int) -> None:
+        self.runs = runs
+        self.warmup = warmup
+
+    @property
+    def rounds(self) -> int:
+        return self.runs
+
+    def skip_reason(self, model, inputs):
+        return None if inputs else "needs inputs (data=...)"
+
+    def warm_up(self, model, inputs):
+        batch = model_inputs(inputs.on(model_device(model))[0])
+        for _ in range(self.warmup):
+            forward(model, batch)
 
 
 @register_metric
-class Latency(Metric):
+class Latency(RepeatedMetric):
     name = "latency"
     summary = "Forward-pass (prefill) latency of the first batch: p50, p90, p99 after warm-up runs."
     quantities = (
@@ -30,20 +45,7 @@ class Latency(Metric):
     )
 
     def __init__(self, runs: int = 10, warmup: int = 2) -> None:
-        self.runs = runs
-        self.warmup = warmup
-
-    @property
-    def rounds(self) -> int:
-        return self.runs
-
-    def skip_reason(self, model, inputs):
-        return _needs_inputs(inputs)
-
-    def warm_up(self, model, inputs):
-        batch = model_inputs(inputs.on(model_device(model))[0])
-        for _ in range(self.warmup):
-            forward(model, batch)
+        super().__init__(runs, warmup)
 
     def measure(self, model, inputs) -> float:
         device = model_device(model)
@@ -58,7 +60,7 @@ class Latency(Metric):
 
 
 @register_metric
-class Throughput(Metric):
+class Throughput(RepeatedMetric):
     name = "throughput"
     summary = "Samples (and tokens) per second over one pass through every batch; median of the rounds."
     quantities = (
@@ -67,20 +69,7 @@ class Throughput(Metric):
     )
 
     def __init__(self, runs: int = 3, warmup: int = 1) -> None:
-        self.runs = runs
-        self.warmup = warmup
-
-    @property
-    def rounds(self) -> int:
-        return self.runs
-
-    def skip_reason(self, model, inputs):
-        return _needs_inputs(inputs)
-
-    def warm_up(self, model, inputs):
-        batch = model_inputs(inputs.on(model_device(model))[0])
-        for _ in range(self.warmup):
-            forward(model, batch)
+        super().__init__(runs, warmup)
 
     def measure(self, model, inputs) -> float:
         device = model_device(model)
