@@ -20,10 +20,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from smashlib import SmashConfig, smash  # noqa: E402
-from smashlib.bundled import load_smollm2  # noqa: E402
+from smashlib import SmashConfig, smash
+from smashlib.bundled import load_smollm2
 
 RECIPES: dict[str, dict] = {
     "fp32": {},

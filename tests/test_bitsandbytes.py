@@ -50,8 +50,8 @@ def state_bytes(state: dict[str, torch.Tensor]) -> int:
 
 def assert_same_state(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> None:
     assert before.keys() == after.keys()
-    for key in before:
-        a, b = before[key], after[key]
+    for key, a in before.items():
+        b = after[key]
         assert a.dtype == b.dtype and a.shape == b.shape, f"{key}: {a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}"
         assert torch.equal(a, b), f"{key} changed"
 
@@ -290,3 +290,17 @@ def test_smollm2_4bit_and_int8_quality_and_size(bnb, smollm2_path, pydoc_texts):
         smashed = smash(copy.deepcopy(base), SmashConfig(values, device="cpu"), verbose=False)
         assert perplexity(smashed) < max_ratio * fp32
         assert state_bytes(smashed.model.state_dict()) < max_size * fp32_bytes  # what save_pretrained writes
+
+
+def test_blocksize_32_on_cuda_needs_a_recent_bitsandbytes(bnb, monkeypatch):
+    """Checked before smashing (the CPU path takes any block size; CUDA kernels for 32 came in 0.50)."""
+    algorithm = get_algorithm("bnb_4bit")
+    settings = SmashConfig({"quantizer": "bnb_4bit", "bnb_4bit_blocksize": 32}).settings_for(algorithm)
+    algorithm.check_settings(settings, "cpu")
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: "0.49.0" if name == "bitsandbytes" else real_version(name)
+    )
+    with pytest.raises(MissingPackageError, match=r"blocksize=32 on CUDA needs bitsandbytes>=0\.50 \(found 0\.49\.0\)"):
+        algorithm.check_settings(settings, "cuda")
+    algorithm.check_settings({**settings, "blocksize": 64}, "cuda")

@@ -611,10 +611,10 @@ def _expected_output(code: str) -> str:
 
 @pytest.mark.real_model
 def test_docs_examples_run_and_print_what_the_docs_show(smollm2_path, monkeypatch, capsys):
-    """Every python block of docs/data.md runs, in order, in one namespace (except those marked no-test),
+    """Every python block of docs/data.md runs, in order, in one namespace (except those marked not-run),
     and prints what the comments under its print() calls say."""
     document = DOCS.read_text(encoding="utf-8")
-    blocks = re.findall(r"(<!-- no-test:[^\n]*-->\n)?```python\n(.*?)```", document, re.DOTALL)
+    blocks = re.findall(r"(<!-- not-run:[^\n]*-->\n)?```python\n(.*?)```", document, re.DOTALL)
     runnable = [code for marker, code in blocks if not marker]
     assert len(runnable) >= 5
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -51,15 +51,15 @@ class _DropMessages(logging.Filter):
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessages("kernels-community"))
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropMessages("to float16 during quantization"))
 
-import bitsandbytes as bnb  # noqa: E402
-from bitsandbytes.functional import QuantState  # noqa: E402
+import bitsandbytes as bnb
+from bitsandbytes.functional import QuantState
 
 try:  # bitsandbytes versions without the CPU repacking (before 0.49) never need its inverse
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 except ImportError:  # pragma: no cover - depends on the installed version
     _convert_weight_packed_for_cpu_inverse = None
 
-#: Layout constraints of bitsandbytes' CPU repacking (it asserts on the first, mis-shapes on the second).
+#: bitsandbytes' CPU repacking interleaves output rows in groups of this many (and asserts they divide out_features).
 CPU_PACK_BLOCK_N = 32
 
 
@@ -75,15 +75,15 @@ def _take(tensor: torch.Tensor, current: torch.Tensor, assign: bool) -> torch.Te
 
 
 def _load_rest(
-    module: nn.Module, state_dict: dict[str, Any], prefix: str, handled: set[str], args: tuple, missing_keys: list[str]
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, handled: set[str], local_metadata: dict[str, Any],
+    strict: bool, missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
 ) -> None:
-    """Load everything of ``module`` but the keys in ``handled`` the plain nn.Module way (bias)."""
+    """Load the keys of ``module`` not in ``handled`` (the bias) the plain nn.Module way; the caller has
+    loaded the weight itself, so nn.Module must not report it missing."""
     rest = {key: value for key, value in state_dict.items() if key.startswith(prefix) and key not in handled}
-    local_metadata, strict, _, unexpected_keys, error_msgs = args
     nn.Module._load_from_state_dict(module, rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-    weight_key = prefix + "weight"
-    if weight_key in missing_keys:  # loaded by the caller, not by nn.Module
-        missing_keys.remove(weight_key)
+    if prefix + "weight" in missing_keys:
+        missing_keys.remove(prefix + "weight")
 
 
 class Linear4bit(bnb.nn.Linear4bit):
@@ -228,7 +228,7 @@ class Linear4bit(bnb.nn.Linear4bit):
             return
         self._set_quantized(data, state)
         handled = {weight_key, *(weight_key + "." + key for key in statistics)}
-        _load_rest(self, state_dict, prefix, handled, (local_metadata, strict, None, unexpected_keys, error_msgs), missing_keys)
+        _load_rest(self, state_dict, prefix, handled, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _apply(self, fn, recurse: bool = True):
         # moves and casts must see bitsandbytes' portable layout: its own .cuda() would undo the CPU
@@ -297,7 +297,7 @@ class Linear8bitLt(bnb.nn.Linear8bitLt):
         self._set_quantized(_take(rows, self.weight, assign), _take(scales, self.weight, assign))
         # "weight_format" says the rows are in row-major order, the only layout bitsandbytes still writes
         handled = {weight_key, scale_key, prefix + "weight_format"}
-        _load_rest(self, state_dict, prefix, handled, (local_metadata, strict, None, unexpected_keys, error_msgs), missing_keys)
+        _load_rest(self, state_dict, prefix, handled, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
         return (
