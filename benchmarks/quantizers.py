@@ -215,6 +215,7 @@ def drive(args: argparse.Namespace) -> int:
         print("no recipe can run here", file=sys.stderr)
         return 1
     isolated = save_load_available()
+    load_before = os.getloadavg()[0]
     workspace = Path(tempfile.mkdtemp(prefix="smashlib-bench-"))
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in runnable}
     folders: dict[str, str | None] = {}
@@ -265,6 +266,9 @@ def drive(args: argparse.Namespace) -> int:
         **combined.settings, "rounds": args.rounds, "seconds": round(time.perf_counter() - started),
         "memory": "process peak RSS of a fresh process loading the saved model and running it, above the "
         "interpreter's RSS after imports" if isolated else "weights in memory + the forward pass's peak (one process)",
+        "machine_load": f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+        f"(on {os.cpu_count()} cores; above the core count, other processes were competing for them)",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default: threads spin while waiting)"),
     }
     text = table.table(by="model")
     print(text)
@@ -285,6 +289,7 @@ Measured by `python benchmarks/quantizers.py --markdown {path} --rounds {args.ro
   after that prompt, tokens/s after the first token; perplexity: {args.samples} windows of {PROMPT_TOKENS} tokens of
   {DATASET} (test split); peak memory: {report.settings.get('memory')}.
 - ratios in brackets are to fp32; each timing is the median of {args.rounds} round(s).
+- while it ran: {report.settings['machine_load']}; OMP_WAIT_POLICY {report.settings['omp_wait_policy']}.
 
 {report.to_markdown(by="model")}
 
