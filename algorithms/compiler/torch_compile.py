@@ -4,7 +4,7 @@ Runtime only: nothing is saved, loading compiles again. The first calls are slow
 of seconds for a tiny model on 2 CPU cores with Inductor, more for a real one), later ones reuse the
 compiled code. ``dynamic=None`` (PyTorch's default) compiles the first shape statically and, when a
 shape changes, once more with that dimension symbolic, so ``generate`` compiles a bounded number of
-graphs (measured: 5 for a prompt, another prompt length and 8 generated tokens) instead of one per new
+graphs (measured: 5 for a prompt, another prompt length and 6 generated tokens) instead of one per new
 sequence length; ``dynamic=False`` would recompile for every length until torch's recompile limit and
 then run eagerly. Int8 layers of torch_dynamic are opaque custom ops, so they compile without graph
 breaks. Inductor on CPU writes and builds C++: it needs a C++ compiler, checked before smashing.

@@ -45,12 +45,10 @@ def describe_model(model: Any) -> str:
     inner = unwrap(model)
     algorithms = getattr(model, "algorithms", None) if inner is not model else None
     text = type(inner).__name__
+    if algorithms is not None:  # a smashed model's dtypes are mixed: its algorithms say more
+        return f"{text}, smashed with {', '.join(algorithms) or 'nothing'}"
     dtype = next((p.dtype for p in inner.parameters()), None)
-    if dtype is not None:
-        text += f", {str(dtype).replace('torch.', '')} parameters"
-    if algorithms is not None:
-        text += f", smashed with {', '.join(algorithms) or 'nothing'}"
-    return text
+    return f"{text}, {str(dtype).replace('torch.', '')} parameters" if dtype is not None else text
 
 
 def run_metrics(
