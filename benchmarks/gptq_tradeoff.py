@@ -10,9 +10,9 @@ PydocTopics test split (windows of 512 tokens from topics never used for calibra
 latency (batch 1 x 128 tokens) and greedy decode speed (64 new tokens). Speed is measured with
 smashlib.evaluation, which interleaves the models' timed rounds so machine drift hits all alike.
 
-Round-to-nearest ("rtn") uses exactly GPTQ's grid, packing and kernels (smashlib.gptq with
-method="rtn"), so the gap between the two rows is the solver's alone. Timings on shared cores are
-rough; perplexity and sizes are exact.
+Round-to-nearest ("rtn") uses exactly GPTQ's grid, packing and kernels (``gptq_method="rtn"``), so
+the gap between the two rows is the solver's alone. Timings on shared cores are rough; perplexity and
+sizes are exact.
 """
 from __future__ import annotations
 
@@ -27,19 +27,20 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-#: label -> how the variant is made: None (fp32), a SmashConfig dict (smash), or ("rtn", grid, head grid).
-#: GPTQ variants go through smash() with the algorithm's defaults unless they say otherwise.
+#: label -> how the variant is made: None (fp32) or a SmashConfig dict (smash). GPTQ variants take the
+#: algorithm's defaults unless they say otherwise; gptq_method="rtn" rounds to nearest on the same grid.
 VARIANTS: dict[str, Any] = {
     "fp32": None,
     "bf16": {"quantizer": "half"},
-    "rtn 4-bit g32": ("rtn", (4, 32, False), (4, 32, False)),
+    "rtn 4-bit g32": {"quantizer": "gptq", "gptq_method": "rtn"},
     "gptq 4-bit g32": {"quantizer": "gptq"},
     "gptq 4-bit g32, no act-order": {"quantizer": "gptq", "gptq_desc_act": False},
     "gptq 4-bit g32, head int8": {"quantizer": "gptq", "gptq_output_head": "int8"},
     "gptq 4-bit g32, head kept": {"quantizer": "gptq", "gptq_output_head": "keep"},
-    "rtn 4-bit g128": ("rtn", (4, 128, False), (4, 128, False)),
+    "rtn 4-bit g128": {"quantizer": "gptq", "gptq_method": "rtn", "gptq_group_size": 128},
+    "gptq 4-bit g64": {"quantizer": "gptq", "gptq_group_size": 64},
     "gptq 4-bit g128": {"quantizer": "gptq", "gptq_group_size": 128},
-    "rtn 3-bit g32": ("rtn", (3, 32, False), (3, 32, False)),
+    "rtn 3-bit g32": {"quantizer": "gptq", "gptq_method": "rtn", "gptq_weight_bits": 3},
     "gptq 3-bit g32": {"quantizer": "gptq", "gptq_weight_bits": 3},
     "gptq 8-bit per-channel": {"quantizer": "gptq", "gptq_weight_bits": 8, "gptq_group_size": -1},
 }
@@ -53,23 +54,21 @@ def make_variant(recipe: Any, tokenizer: Any, args: argparse.Namespace) -> Any:
     """The model of one variant, freshly loaded from the fp32 weights."""
     from smashlib import SmashConfig, smash
     from smashlib.bundled import load_smollm2
-    from smashlib.gptq.layerwise import Grid, SolverOptions, quantize_model
 
     model, _ = load_smollm2()
     if recipe is None:
         return model
-    if isinstance(recipe, tuple):
-        _, grid, head = recipe
-        return quantize_model(model, [], Grid(*grid), Grid(*head) if head else None, SolverOptions("rtn"), verbose=False)
     values = dict(recipe)
-    if values.get("quantizer") == "gptq":
+    if values.get("quantizer") == "gptq" and values.get("gptq_method") != "rtn":
         if args.calibration_samples:
             values["gptq_calibration_samples"] = args.calibration_samples
         if args.sequence_length:
             values["gptq_sequence_length"] = args.sequence_length
     config = SmashConfig(values, device="cpu")
-    if values.get("quantizer") == "gptq":
+    needs = {component for _, component in config.missing_components()}
+    if "tokenizer" in needs:
         config.add_tokenizer(tokenizer)
+    if "data" in needs:
         config.add_data(DATASET)
     return smash(model, config, verbose=not args.quiet)
 

@@ -40,11 +40,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: (label, SmashConfig values). The first is the reference of every ratio. Edit freely: a recipe whose
 #: algorithm or hyperparameter is unknown here is skipped with the reason.
+COMPILE = {"compiler": "torch_compile"}
+#: 8 bits: one scale per output channel (-1), which PyTorch's int8 weight-only kernel runs as stored.
+GPTQ_8BIT = {"quantizer": "gptq", "gptq_weight_bits": 8, "gptq_group_size": -1}
+#: 4 bits: gptq's defaults (groups of 32, act-order, output head 4-bit too).
+GPTQ_4BIT = {"quantizer": "gptq", "gptq_weight_bits": 4, "gptq_group_size": 32}
 RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("fp32", {}),
     ("bf16", {"quantizer": "half", "half_dtype": "bfloat16"}),
+    ("fp32 + torch_compile", COMPILE),
+    ("bf16 + torch_compile", {"quantizer": "half", "half_dtype": "bfloat16", **COMPILE}),
     ("torch_dynamic int8", {"quantizer": "torch_dynamic"}),
-    ("torch_dynamic int8 (all layers)", {"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none"}),
     ("torch_dynamic int8 + smoothquant", {"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none",
                                           "torch_dynamic_smoothquant": True}),
     ("torchao int8wo", {"quantizer": "torchao", "torchao_quant_type": "int8wo"}),
@@ -55,8 +61,11 @@ RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("quanto qint4", {"quantizer": "quanto", "quanto_weights": "qint4"}),
     ("llm_int8", {"quantizer": "llm_int8"}),
     ("bnb_4bit nf4", {"quantizer": "bnb_4bit", "bnb_4bit_quant_type": "nf4"}),
-    ("gptq 4-bit g128", {"quantizer": "gptq", "gptq_weight_bits": 4, "gptq_group_size": 128}),
-    ("gptq 8-bit", {"quantizer": "gptq", "gptq_weight_bits": 8}),
+    ("gptq 8-bit", GPTQ_8BIT),
+    ("gptq 8-bit + torch_compile", {**GPTQ_8BIT, **COMPILE}),
+    ("round-to-nearest 4-bit g32", {**GPTQ_4BIT, "gptq_method": "rtn"}),
+    ("gptq 4-bit g32", GPTQ_4BIT),
+    ("gptq 4-bit g32 + torch_compile", {**GPTQ_4BIT, **COMPILE}),
 ]
 
 #: The table's columns: report keys, in order.
@@ -65,6 +74,8 @@ PROMPT_TOKENS = 128
 NEW_TOKENS = 64
 DATASET = "PydocTopics"
 PROCESS_PEAK = "process_peak_mb"
+#: Everything after this line of the Markdown file is hand-written analysis, kept when the table is rewritten.
+HAND_WRITTEN = "<!-- hand-written below: kept when the table above is regenerated -->"
 
 
 # ====================================================================== recipes
@@ -283,7 +294,7 @@ def write_markdown(path: Path, report: Any, recipes: list[tuple[str, dict[str, A
     text = f"""# Quantizer benchmark: SmolLM2-135M on CPU
 
 Measured by `python benchmarks/quantizers.py --markdown {path} --rounds {args.rounds} --samples {args.samples} --new-tokens {args.new_tokens}`
-(generated file: re-run the command rather than editing it).
+(the table is generated: re-run the command rather than editing it; the analysis at the end is kept).
 
 - prefill: p50 latency of one forward pass, batch 1 x {PROMPT_TOKENS} tokens; decode: greedy, {args.new_tokens} new tokens
   after that prompt, tokens/s after the first token; perplexity: {args.samples} windows of {PROMPT_TOKENS} tokens of
@@ -297,6 +308,9 @@ Recipes:
 
 {recipe_lines}
 """
+    kept = path.read_text(encoding="utf-8").partition(HAND_WRITTEN)[2] if path.exists() else ""
+    if kept:  # the analysis below the marker is written by people: keep it under the new table
+        text += f"\n{HAND_WRITTEN}{kept}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
 

@@ -67,5 +67,5 @@ def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True, rep
     if report:
         from smashlib.evaluation.smash_report import report_after_smash
 
-        report_after_smash(original, smashed, verbose=verbose)
+        report_after_smash(original, smashed, verbose=verbose)  # compare() keeps it as smashed.report
     return smashed

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from smashlib import SmashConfig, SmashedModel, smash
 from smashlib.data import pack_texts
-from smashlib.errors import MissingComponentError, MissingPackageError, UnsupportedModelError
+from smashlib.errors import MissingComponentError, SmashConfigError, MissingPackageError, UnsupportedModelError
 from smashlib.gptq.layerwise import Grid, quantize_model
 from smashlib.gptq.solver import HessianAccumulator, gptq_quantize, rtn_quantize
 from smashlib.layers.packed_int import PackedEmbedding, PackedLinear, pack_bits, packed_length, unpack_bits
@@ -221,6 +221,38 @@ def test_gptq_is_closer_to_the_model_than_round_to_nearest(calibration):
         with torch.no_grad():
             errors[method] = (model(**inputs).logits - expected).pow(2).mean().item()
     assert errors["gptq"] < 0.8 * errors["rtn"], errors
+
+
+def test_rtn_method_needs_no_data_and_uses_the_same_storage(tokenizer):
+    """gptq_method='rtn' is the no-calibration baseline: same grid and packed layers, no components."""
+    config = SmashConfig({"quantizer": "gptq", "gptq_method": "rtn", "gptq_group_size": 32}, device="cpu")
+    assert config.missing_components() == []
+    smashed = smash(build_tiny("llama"), config, verbose=False)
+    layer = smashed.model.model.layers[0].mlp.up_proj
+    assert isinstance(layer, PackedLinear) and layer.bits == 4 and layer.group_size == 32
+    assert layer.perm is None  # no act-order without a solver: no permutation stored or gathered
+    weight = build_tiny("llama").model.layers[0].mlp.up_proj.weight.detach()
+    assert torch.equal(layer.dequantize(), rtn_quantize(weight.float(), 4, 32).dequantize(32))
+
+
+def test_rtn_method_refuses_the_gptqmodel_backend():
+    config = SmashConfig({"quantizer": "gptq", "gptq_method": "rtn", "gptq_backend": "gptqmodel"}, device="cpu")
+    with pytest.raises(SmashConfigError, match="gptq_backend='torch'"):
+        smash(build_tiny("llama"), config, verbose=False)
+
+
+def test_packed_layers_compile_with_inductor():
+    """gptq + torch_compile (the benchmark's fastest recipes): the int4 kernel and the bf16 casts around
+    it trace into Inductor's graph without a break, and the compiled model computes what eager does."""
+    values = {"quantizer": "gptq", "gptq_method": "rtn"}  # same layers and kernels as calibrated GPTQ
+    expected = logits(smash(build_tiny("llama"), SmashConfig(values, device="cpu"), verbose=False))
+    torch._dynamo.reset()
+    try:
+        compiled = smash(build_tiny("llama"), SmashConfig({**values, "compiler": "torch_compile"}, device="cpu"), verbose=False)
+        assert torch.allclose(logits(compiled), expected, rtol=1e-2, atol=1e-2)
+        assert compiled.generate(**tiny_inputs("llama"), max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == 8 + 3
+    finally:
+        torch._dynamo.reset()
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,8 @@ def add_outlier_channels(model: nn.Module, channels=(3, 17), factor: float = 60.
 
 
 def int8_error(model: nn.Module, inputs) -> float:
-    from smashlib.algorithms.quantizer.torch_dynamic import linears_to_quantize, quantize_linears
+    from smashlib.algorithms.quantizer.torch_dynamic import quantize_linears
+    from smashlib.modules import linears_to_quantize
 
     reference = logits(model, inputs)
     quantize_linears(model, linears_to_quantize(model, "output_head"))

@@ -18,7 +18,7 @@ from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
 from smashlib.algorithm import Algorithm
-from smashlib.errors import UnsupportedModelError
+from smashlib.errors import SmashConfigError, UnsupportedModelError
 from smashlib.gptq.layerwise import (
     Grid,
     SolverOptions,
@@ -38,7 +38,10 @@ OUTPUT_HEAD_CHOICES = ("weight_bits", "int8", "keep")
 
 
 def layer_grid(settings: dict[str, Any]) -> Grid:
-    return Grid(int(settings["weight_bits"]), int(settings["group_size"]), bool(settings["desc_act"]))
+    """The grid of the block layers. Act-order is a GPTQ ordering: round-to-nearest has no column order,
+    so its layers store no permutation (and run without the gather it would cost)."""
+    act_order = bool(settings["desc_act"]) and settings["method"] == "gptq"
+    return Grid(int(settings["weight_bits"]), int(settings["group_size"]), act_order)
 
 
 def head_grid(settings: dict[str, Any]) -> Grid | None:
@@ -65,9 +68,19 @@ class GPTQ(Algorithm):
         Categorical("sequence_length", [256, 128, 512, 1024, 2048], default=256),
         Categorical("output_head", list(OUTPUT_HEAD_CHOICES), default="weight_bits"),
         Categorical("backend", ["torch", "gptqmodel"], default="torch"),
+        Categorical("method", ["gptq", "rtn"], default="gptq"),
     )
 
+    def required_components(self, settings):
+        """Round-to-nearest (``method="rtn"``) uses no calibration data: it is the baseline that shows
+        what GPTQ's calibration buys, on the very same grid, storage and kernels."""
+        return () if settings["method"] == "rtn" else self.requires
+
     def check_settings(self, settings, device):
+        if settings["method"] == "rtn" and settings["backend"] == "gptqmodel":
+            raise SmashConfigError(
+                "gptq_method='rtn' rounds to nearest in smashlib's own code: it needs gptq_backend='torch'."
+            )
         if settings["backend"] == "gptqmodel":
             from smashlib.gptq.gptqmodel_backend import check_available
 
@@ -82,6 +95,9 @@ class GPTQ(Algorithm):
             )
 
     def apply(self, model, settings, components):
+        options = SolverOptions(settings["method"], float(settings["damp_percent"]))
+        if options.method == "rtn":
+            return quantize_model(model, [], layer_grid(settings), head_grid(settings), options)
         from smashlib.data import calibration_batches
 
         length = int(settings["sequence_length"])
@@ -92,7 +108,6 @@ class GPTQ(Algorithm):
             from smashlib.gptq.gptqmodel_backend import quantize_with_gptqmodel
 
             return quantize_with_gptqmodel(model, batches, layer_grid(settings), head_grid(settings), settings, components)
-        options = SolverOptions("gptq", float(settings["damp_percent"]))
         return quantize_model(model, batches, layer_grid(settings), head_grid(settings), options)
 
     def prepare_for_loading(self, model, settings):

@@ -16,7 +16,7 @@ from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
 from smashlib.algorithm import Algorithm
-from smashlib.algorithms.quantizer.torch_dynamic import KEEP_PRESETS, linears_to_quantize
+from smashlib.modules import KEEP_PRESETS, linears_to_quantize
 from smashlib.errors import HyperparameterValueError, UnsupportedModelError
 from smashlib.layers.activation_calibration import calibration_inputs, check_components, smooth_before_quantizing
 from smashlib.layers.quanto_linear import make_inference_safe

@@ -15,8 +15,6 @@ head shrinks the model instead of adding an int8 copy beside the fp32 embeddings
 """
 from __future__ import annotations
 
-import re
-
 import torch
 from ConfigSpace import Categorical, Float, Integer
 from torch import nn
@@ -24,34 +22,11 @@ from torch import nn
 from smashlib.algorithm import Algorithm
 from smashlib.errors import UnsupportedModelError
 from smashlib.layers.int8_linear import Int8DynamicLinear, Int8Embedding, is_linear
-from smashlib.modules import output_head_names, replace_module
+from smashlib.modules import KEEP_PRESETS, linears_to_quantize, replace_module
 
-#: Linears reading activations with outlier channels: the MLP down projections (Llama's down_proj,
-#: OPT/Whisper's fc2, T5's wo, BERT's FFN output.dense).
-OUTLIER_LAYERS = r"(^|\.)(down_proj|fc2|wo|dense_4h_to_h)$|(^|\.)mlp\.c_proj$|(^|\.)layer\.\d+\.output\.dense$"
-
-#: keep_full_precision preset -> (keep the output head, regex of the other Linears kept in full precision).
-KEEP_PRESETS: dict[str, tuple[bool, str | None]] = {
-    "none": (False, None),
-    "output_head": (True, None),
-    "outlier_layers": (False, OUTLIER_LAYERS),
-    "outlier_layers_and_output_head": (True, OUTLIER_LAYERS),
-}
 #: Tokens per calibration sequence for SmoothQuant (activation ranges settle within a few thousand tokens).
 CALIBRATION_SEQ_LEN = 256
 CALIBRATION_BATCH = 4
-
-
-def linears_to_quantize(model: nn.Module, keep: str) -> list[str]:
-    """Names of the Linear layers (nn.Linear, transformers' Conv1D) the ``keep`` preset quantizes."""
-    keep_head, pattern = KEEP_PRESETS[keep]
-    skip = output_head_names(model) if keep_head else set()
-    regex = re.compile(pattern) if pattern else None
-    return [
-        name
-        for name, module in model.named_modules()
-        if is_linear(module) and name not in skip and not (regex and regex.search(name))
-    ]
 
 
 def tied_embeddings(model: nn.Module, head: nn.Module) -> list[str]:
