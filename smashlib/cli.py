@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -465,9 +466,17 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+#: Dependencies' loggers whose warnings on a CPU machine are noise to a command-line user: torchao (imported
+#: by transformers when installed) reports each CUDA-only extension it cannot load, and torch's pytree
+#: warns about torchao's enum registrations. Library users keep them; the command line shows errors only.
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 1 the work failed, 2 bad arguments)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
