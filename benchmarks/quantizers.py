@@ -308,11 +308,15 @@ Recipes:
 
 {recipe_lines}
 """
-    kept = path.read_text(encoding="utf-8").partition(HAND_WRITTEN)[2] if path.exists() else ""
-    if kept:  # the analysis below the marker is written by people: keep it under the new table
-        text += f"\n{HAND_WRITTEN}{kept}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path.write_text(with_kept_analysis(text, path.read_text(encoding="utf-8") if path.exists() else ""), encoding="utf-8")
+
+
+def with_kept_analysis(generated: str, previous: str) -> str:
+    """The new generated text, followed by the hand-written analysis below :data:`HAND_WRITTEN` in the
+    previous file (people write it; regenerating the table must not erase it)."""
+    kept = previous.partition(HAND_WRITTEN)[2]
+    return f"{generated}\n{HAND_WRITTEN}{kept}" if kept else generated
 
 
 def main() -> int:

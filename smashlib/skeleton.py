@@ -99,7 +99,7 @@ def model_class(description: dict[str, Any], folder: Path, trust_remote_code: bo
         from transformers import AutoConfig
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)  # True: checked above
         reference = (getattr(config, "auto_map", None) or {}).get(description.get("auto_class"))
         if reference is None:
             raise SmashedModelLoadError(

@@ -171,3 +171,24 @@ def test_demo_runs_end_to_end_on_the_real_model(capsys, smollm2_path, monkeypatc
     for key in ("weights_memory_mb", "latency_p50_ms", "decode_tokens_per_s", "perplexity", "top1_agreement"):
         assert values[key] is not None, key
     assert report["ratios"]["smashed"]["weights_memory_mb"] < 0.7
+
+
+def test_dependency_noise_is_hidden_but_errors_are_not(capsys):
+    """torchao (imported by transformers) warns about every CUDA extension it cannot load on a CPU
+    machine; the command line keeps its output to progress, results and errors."""
+    import logging
+
+    from smashlib.cli import NOISY_LOGGERS
+
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+    before = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.NOTSET)
+        status, _, _ = run(capsys, "metrics", "--quiet")
+        assert status == 0
+        assert not any(logger.isEnabledFor(logging.WARNING) for logger in loggers)
+        assert all(logger.isEnabledFor(logging.ERROR) for logger in loggers)
+    finally:
+        for logger, level in zip(loggers, before):
+            logger.setLevel(level)

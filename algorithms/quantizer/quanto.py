@@ -16,10 +16,10 @@ from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
 from smashlib.algorithm import Algorithm
-from smashlib.modules import KEEP_PRESETS, linears_to_quantize
 from smashlib.errors import HyperparameterValueError, UnsupportedModelError
 from smashlib.layers.activation_calibration import calibration_inputs, check_components, smooth_before_quantizing
 from smashlib.layers.quanto_linear import make_inference_safe
+from smashlib.modules import KEEP_PRESETS, linears_to_quantize
 
 WEIGHT_TYPES = ("qint8", "qint4", "qint2", "qfloat8")
 ACTIVATION_TYPES = ("none", "qint8")

@@ -19,10 +19,10 @@ from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
 from smashlib.algorithm import Algorithm
-from smashlib.modules import KEEP_PRESETS, linears_to_quantize
 from smashlib.errors import HyperparameterValueError, UnsupportedDeviceError, UnsupportedModelError
 from smashlib.layers.activation_calibration import calibration_inputs, check_components, smooth_before_quantizing
 from smashlib.layers.flat_subclass_state import keep_state_flat
+from smashlib.modules import KEEP_PRESETS, linears_to_quantize
 
 #: quant_type -> (devices it runs on, what it does)
 QUANT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {

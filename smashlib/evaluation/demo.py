@@ -12,8 +12,9 @@ from typing import Any
 
 #: The best CPU recipe for SmolLM2-135M that fits the demo's 3 minutes (docs/benchmarks.md): every
 #: Linear int8 (fbgemm), SmoothQuant calibrated on the PydocTopics train split. Measured on 2 idle cores:
-#: a quarter of the fp32 bytes, prefill about 3x and decode about 1.7x faster, perplexity +4%. gptq
-#: 8-bit + torch_compile decodes faster still (3.6x) but calibrating and compiling take ~4 minutes here.
+#: a quarter of the fp32 bytes, prefill about 2.7x and decode about 2x faster, perplexity +4%. gptq
+#: 8-bit + torch_compile decodes faster still (about 3x fp32) but calibrating and compiling take ~4
+#: minutes here.
 DEMO_RECIPE: dict[str, Any] = {
     "quantizer": "torch_dynamic",
     "torch_dynamic_keep_full_precision": "none",
