@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from packaging.requirements import Requirement
 
+from smashlib.errors import MissingPackageError, UnsupportedDeviceError
+
 if TYPE_CHECKING:  # imported for type hints only: keeps `import smashlib` free of torch at import
     import torch
 
@@ -94,6 +96,39 @@ class Algorithm:
             f"'{p}'" for p in cls.needs_packages
         )
         return extra
+
+    def validate_environment(self, device: str, context: str = "", check_hardware: bool = True) -> None:
+        """Raise MissingPackageError or UnsupportedDeviceError when this algorithm cannot run here on ``device``.
+
+        The one check of packages and devices, used when a config chooses the algorithm, by smash() and
+        when a saved model is loaded. ``context`` opens the message (e.g. "model/ was smashed with 'hqq', which").
+        ``check_hardware=False`` skips asking torch whether the device is present: a config may be written
+        on one machine for another.
+        """
+        opening = context or self.name
+        missing = self.missing_packages()
+        if missing:
+            raise MissingPackageError(f"{opening} needs {', '.join(missing)}: {self.install_hint()}")
+        if device not in self.runs_on:
+            raise UnsupportedDeviceError(
+                f"{opening} runs on {', '.join(self.runs_on)}, not on '{device}': use device='{self.runs_on[0]}'."
+            )
+        if check_hardware and device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UnsupportedDeviceError(
+                    f"{opening} was asked to run on 'cuda' but torch sees no CUDA GPU: use device='cpu'."
+                )
+
+    @classmethod
+    def upgrade_settings(cls, settings: dict[str, Any], schema_version: int) -> dict[str, Any]:
+        """Map settings saved under an older smash_config.json schema (unprefixed names) to today's names.
+
+        Called when a saved config with ``schema_version`` older than the current one is read; an
+        algorithm that renames or re-expresses a hyperparameter overrides this so old folders still load.
+        """
+        return settings
 
     @property
     def saves_state(self) -> bool:

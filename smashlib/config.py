@@ -21,10 +21,8 @@ from smashlib.errors import (
     HyperparameterValueError,
     InactiveHyperparameterError,
     IncompatibleAlgorithmsError,
-    MissingPackageError,
     SmashConfigError,
     UnknownNameError,
-    UnsupportedDeviceError,
     did_you_mean,
 )
 
@@ -281,13 +279,7 @@ class SmashConfig(Mapping):
             ) from None
         if algorithm.group != group:
             raise SmashConfigError(f"'{name}' is a {algorithm.group}, not a {group}: set cfg['{algorithm.group}'] = '{name}'.")
-        missing = algorithm.missing_packages()
-        if missing:
-            raise MissingPackageError(f"{name} needs {', '.join(missing)}: {algorithm.install_hint()}")
-        if self.device not in algorithm.runs_on:
-            raise UnsupportedDeviceError(
-                f"{name} runs on {', '.join(algorithm.runs_on)}, not on this config's device '{self.device}'."
-            )
+        algorithm.validate_environment(self.device, check_hardware=False)
         for other_group, other_name in self._values.items():
             if other_group in GROUP_ORDER and other_group != group and registry.incompatible_pair(name, other_name):
                 raise IncompatibleAlgorithmsError(

@@ -37,12 +37,10 @@ from smashlib.algorithm import Algorithm
 from smashlib.atomic import atomic_folder, readable_folder
 from smashlib.config import SmashConfig
 from smashlib.errors import (
-    MissingPackageError,
     SmashConfigError,
     SmashedModelLoadError,
     SmashError,
     UnknownNameError,
-    UnsupportedDeviceError,
     UnsupportedModelError,
 )
 from smashlib.skeleton import build_skeleton, describe_model, model_class, save_custom_code
@@ -361,16 +359,7 @@ def _check_algorithms(manifest: dict[str, Any], folder: Path, device: str) -> li
                 f"{folder} was smashed with '{name}' (by smashlib {saved_by}), an algorithm this smashlib "
                 f"({__version__}) does not have: upgrade smashlib, or install the package that provides '{name}'."
             ) from None
-        missing = algorithm.missing_packages()
-        if missing:
-            raise MissingPackageError(
-                f"{folder} was smashed with '{name}', which needs {', '.join(missing)}: {algorithm.install_hint()}"
-            )
-        if device not in algorithm.runs_on:
-            raise UnsupportedDeviceError(
-                f"{folder} was smashed with '{name}', which runs on {', '.join(algorithm.runs_on)}, not on '{device}': "
-                f"pass device='{algorithm.runs_on[0]}'."
-            )
+        algorithm.validate_environment(device, context=f"{folder} was smashed with '{name}', which")
         found.append(algorithm)
     return found
 

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 
 from smashlib.config import SmashConfig
-from smashlib.errors import MissingPackageError, SmashError, UnsupportedDeviceError, UnsupportedModelError
+from smashlib.errors import SmashError, UnsupportedModelError
 from smashlib.model import SmashedModel
 from smashlib.progress import progress
 
@@ -21,15 +21,7 @@ def check_before_smashing(model: Any, config: SmashConfig) -> None:
         )
     config.check_components()
     for algorithm in config.chosen_algorithms():
-        missing = algorithm.missing_packages()
-        if missing:
-            raise MissingPackageError(f"{algorithm.name} needs {', '.join(missing)}: {algorithm.install_hint()}")
-        if config.device not in algorithm.runs_on:
-            raise UnsupportedDeviceError(
-                f"{algorithm.name} runs on {', '.join(algorithm.runs_on)}, not on '{config.device}'."
-            )
-        if config.device == "cuda" and not torch.cuda.is_available():
-            raise UnsupportedDeviceError("the config's device is 'cuda' but torch sees no CUDA GPU: use SmashConfig(device='cpu').")
+        algorithm.validate_environment(config.device)
         algorithm.check_settings(config.settings_for(algorithm), config.device)
         algorithm.check_model(model)
 
