@@ -28,7 +28,8 @@ COMPARE_TOKENS = 128
 
 
 class CommandError(SmashError):
-    """A command cannot do what it was asked (missing folder, nothing to do)."""
+    """The command line asks for something that cannot be done as written (exit status 2): nothing to do,
+    no algorithm chosen, a flag missing, an unknown group."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,57 +44,23 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _plain(value: Any) -> Any:
-    item = getattr(value, "item", None)
-    return item() if callable(item) and not isinstance(value, (str, bytes)) else value
-
-
-def _choices(hyperparameter: Any) -> list[Any] | None:
-    for attribute in ("choices", "sequence"):
-        values = getattr(hyperparameter, attribute, None)
-        if values is not None:
-            return [_plain(v) for v in values]
-    return None
-
-
 def value_parser(hyperparameter: Any) -> Callable[[str], Any]:
     """A function turning the text of a flag into the hyperparameter's own type (int, float, bool, None, str)."""
-    choices = _choices(hyperparameter)
-    kind = type(hyperparameter).__name__
+    from smashlib import hyperparameters
 
     def parse(text: str) -> Any:
-        if choices is not None:
-            for choice in choices:
-                if text == str(choice) or text.lower() == str(choice).lower():
-                    return choice
-            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(str(c) for c in choices)}")
         try:
-            if "Integer" in kind:
-                return int(text)
-            if "Float" in kind:
-                return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if 'Integer' in kind else 'number'}") from None
-        return _plain(getattr(hyperparameter, "value", text))
+            return hyperparameters.parse_text(hyperparameter, text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-    parse.__name__ = kind.lower()  # argparse names the type in its messages
+    parse.__name__ = hyperparameters.kind(hyperparameter)  # argparse names the type in its messages
     return parse
-
-
-def _describe(hyperparameter: Any) -> str:
-    choices = _choices(hyperparameter)
-    if choices is not None:
-        allowed = "one of " + ", ".join(str(c) for c in choices)
-    elif hasattr(hyperparameter, "lower"):
-        allowed = f"from {_plain(hyperparameter.lower)} to {_plain(hyperparameter.upper)}"
-    else:
-        allowed = f"always {_plain(getattr(hyperparameter, 'value', None))}"
-    return f"{allowed}; default {_plain(hyperparameter.default_value)}"
 
 
 def add_registry_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per group (the algorithm to apply) and one per hyperparameter, grouped by algorithm."""
-    from smashlib import registry
+    from smashlib import hyperparameters, registry
     from smashlib.algorithm import GROUP_ORDER
 
     groups = parser.add_argument_group("algorithms (one per group; 'none' for no algorithm)")
@@ -108,7 +75,8 @@ def add_registry_flags(parser: argparse.ArgumentParser) -> None:
     for algorithm in registry.algorithms().values():
         if not algorithm.hyperparameters:
             continue
-        notes = [f"needs {', '.join(algorithm.requires)}"] if algorithm.requires else []
+        needs = registry.describe_needs(algorithm)
+        notes = [f"needs {needs}"] if needs else []
         if algorithm.missing_packages():
             notes.append(f"not installed: {algorithm.install_hint()}")
         note = f" [{'; '.join(notes)}]" if notes else ""
@@ -117,7 +85,7 @@ def add_registry_flags(parser: argparse.ArgumentParser) -> None:
             key = f"{algorithm.name}_{hyperparameter.name}"
             section.add_argument(
                 flag_name(key), dest=key, metavar="VALUE", default=argparse.SUPPRESS,
-                type=value_parser(hyperparameter), help=_describe(hyperparameter),
+                type=value_parser(hyperparameter), help=hyperparameters.describe(hyperparameter),
             )
 
 
@@ -134,15 +102,29 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ====================================================================== loading models
+class ModelFolderError(SmashError):
+    """A model folder or Hub id cannot be loaded as given (exit status 1)."""
+
+
+#: Files a saved tokenizer consists of; a folder with none of them has no tokenizer (transformers would
+#: otherwise build an empty one from the model's config, which smash would then save beside the model).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
+    "spiece.model", "sentencepiece.bpe.model", "special_tokens_map.json",
+)
+#: Weights as pickles, which smashlib never loads: unpickling runs whatever code the file names.
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
 def resolve_model_path(name: str) -> str:
     """A folder, a Hub id, or the bundled model's alias (``smollm2``) -> what from_pretrained takes."""
     if name.lower() in BUNDLED_ALIASES:
         from smashlib.bundled import smollm2_path
 
         return str(smollm2_path())
-    looks_like_a_path = name.startswith(("/", "./", "../", "~")) or os.sep + os.sep in name
+    looks_like_a_path = name.startswith(("/", "./", "../", "~")) or os.sep + os.sep in name or Path(name).exists()
     if looks_like_a_path and not Path(name).expanduser().exists():
-        raise CommandError(f"{name}: no such folder.")
+        raise ModelFolderError(f"{name}: no such folder.")
     return str(Path(name).expanduser()) if looks_like_a_path else name
 
 
@@ -152,36 +134,99 @@ def is_smashed_folder(path: str) -> bool:
     return (Path(path) / MANIFEST_FILE).is_file()
 
 
-def load_plain_model(path: str, device: str | None = None) -> Any:
-    """A transformers model from a folder or Hub id, as the class its config.json names."""
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object, or a ModelFolderError naming the file and what is wrong."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelFolderError(f"{path} cannot be read as JSON ({type(error).__name__}: {error}).") from None
+    except RecursionError:
+        raise ModelFolderError(f"{path} is nested too deeply to be a model's JSON file: it is damaged.") from None
+    if not isinstance(content, dict):
+        raise ModelFolderError(f"{path} holds a JSON {type(content).__name__}, not an object: it is damaged.")
+    return content
+
+
+def check_local_folder(folder: Path, trust_remote_code: bool) -> dict[str, Any]:
+    """Refuse, before transformers reads anything, a folder that is not a loadable safetensors model or
+    whose config asks to run the folder's own code; returns its config.json."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelFolderError(
+            f"{folder} has no config.json, so it is not a transformers model folder: save the model there with "
+            "model.save_pretrained(folder), or give a Hub id."
+        )
+    model_config = read_json_object(config_file)
+    if model_config.get("auto_map") and not trust_remote_code:
+        code = sorted(p.name for p in folder.glob("*.py"))
+        raise ModelFolderError(
+            f"{config_file} has an auto_map: loading it runs Python code from the folder"
+            f"{' (' + ', '.join(code) + ')' if code else ''}. Read that code, then pass --trust-remote-code to allow it."
+        )
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted({p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)})
+        found = f"it holds {', '.join(pickles)}, pickled weights that smashlib never loads (unpickling can run code)" if (
+            pickles) else "it holds no weights file"
+        raise ModelFolderError(
+            f"{folder} has no *.safetensors weights: {found}. Convert it once with transformers "
+            "(model.save_pretrained(folder, safe_serialization=True)) in an environment you trust."
+        )
+    return model_config
+
+
+def load_plain_model(path: str, device: str | None = None, trust_remote_code: bool = False) -> Any:
+    """A transformers model from a folder or Hub id, as the class its config.json names; safetensors only,
+    and the folder's own code runs only with ``trust_remote_code=True`` (never a question on stdin)."""
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(path)
-    architectures = getattr(config, "architectures", None) or []
-    cls = next((getattr(transformers, name) for name in architectures if hasattr(transformers, name)), None)
-    cls = cls or transformers.AutoModel
-    model = cls.from_pretrained(path).eval()
+    if Path(path).is_dir():
+        check_local_folder(Path(path), trust_remote_code)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        architectures = getattr(config, "architectures", None) or []
+        cls = next((getattr(transformers, name) for name in architectures if hasattr(transformers, name)), None)
+        cls = cls or transformers.AutoModel
+        model = cls.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True).eval()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ModelFolderError(f"cannot load a model from {path}: {_model_load_reason(path, error)}") from error
     return model.to(device) if device else model
 
 
-def load_tokenizer(path: str) -> Any:
-    """The tokenizer saved beside a model, or None when the folder has none."""
-    try:
-        from transformers import AutoTokenizer
+def _model_load_reason(path: str, error: BaseException) -> str:
+    from smashlib.components import hub_offline
 
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, KeyError, TypeError):
+    if not Path(path).is_dir() and hub_offline():
+        return ("it is not a local folder, and the Hugging Face Hub is offline (HF_HUB_OFFLINE is set): give a "
+                "folder holding config.json and *.safetensors.")
+    return f"{type(error).__name__}: {_one_line(error)[:300]}"
+
+
+def has_tokenizer_files(path: str) -> bool:
+    folder = Path(path)
+    return not folder.is_dir() or any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer saved beside a model, or None when the folder has none (or it cannot be read)."""
+    if not has_tokenizer_files(path):
+        return None
+    from smashlib.components import load_pretrained
+    from smashlib.errors import ComponentLoadError
+
+    try:
+        return load_pretrained("tokenizer", path, trust_remote_code=trust_remote_code)
+    except ComponentLoadError:
         return None
 
 
-def load_any(name: str, device: str | None = None) -> tuple[Any, str]:
+def load_any(name: str, device: str | None = None, trust_remote_code: bool = False) -> tuple[Any, str]:
     """(model, path): a smashed folder loads as a SmashedModel, anything else as a transformers model."""
     path = resolve_model_path(name)
     if is_smashed_folder(path):
         from smashlib.model import SmashedModel
 
-        return SmashedModel.from_pretrained(path, device=device), path
-    return load_plain_model(path, device), path
+        return SmashedModel.from_pretrained(path, device=device, trust_remote_code=trust_remote_code), path
+    return load_plain_model(path, device, trust_remote_code), path
 
 
 def _quiet_transformers(quiet: bool) -> None:
@@ -198,7 +243,12 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
-    print(json.dumps(payload, indent=2, default=str) if args.json else text)
+    if args.json:
+        try:
+            text = json.dumps(payload, indent=2, default=str)
+        except RecursionError:
+            raise ModelFolderError("the result is nested too deeply to print as JSON (a damaged file?).") from None
+    print(text)
 
 
 # ====================================================================== commands
@@ -218,16 +268,23 @@ def cmd_smash(args: argparse.Namespace) -> int:
         raise CommandError(f"{', '.join(needs['data'])} needs calibration data: add --data NAME (e.g. --data PydocTopics).")
     _quiet_transformers(args.quiet)
     path = resolve_model_path(args.model)
-    loaded = load_tokenizer(args.tokenizer or path)
-    if loaded is not None:
-        config.add_tokenizer(loaded)
-    elif args.tokenizer or needs["tokenizer"]:
-        raise CommandError(
-            f"cannot load a tokenizer from {args.tokenizer or path}"
-            + (f", which {', '.join(needs['tokenizer'])} needs: add --tokenizer DIR_OR_ID." if needs["tokenizer"] else ".")
-        )
+    trust = args.trust_remote_code
+    if Path(path).is_dir():
+        check_local_folder(Path(path), trust)  # before any tokenizer or model file is read
+    if args.tokenizer:
+        from smashlib.components import load_pretrained
+
+        config.add_tokenizer(load_pretrained("tokenizer", resolve_model_path(args.tokenizer), trust_remote_code=trust))
+    else:
+        loaded = load_tokenizer(path, trust)
+        if loaded is not None:
+            config.add_tokenizer(loaded)
+        elif needs["tokenizer"]:
+            raise CommandError(
+                f"{path} holds no tokenizer, which {', '.join(needs['tokenizer'])} needs: add --tokenizer DIR_OR_ID."
+            )
     _say(args, f"loading {path}")
-    model = load_plain_model(path)
+    model = load_plain_model(path, trust_remote_code=trust)
     if args.data:
         config.add_data(args.data)
     original = None
@@ -240,7 +297,7 @@ def cmd_smash(args: argparse.Namespace) -> int:
     lines = [f"smashed {path} with {', '.join(smashed.algorithms)}"]
     if args.out:
         if "save_pretrained" not in vars(SmashedModel):
-            raise CommandError("saving needs SmashedModel.save_pretrained (smashlib.serialization), missing here.")
+            raise SmashError("saving needs SmashedModel.save_pretrained (smashlib.serialization), missing here.")
         saved = smashed.save_pretrained(args.out)
         payload["saved_to"] = str(saved)
         lines.append(f"saved to {saved}")
@@ -271,10 +328,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     _quiet_transformers(args.quiet)
     _say(args, f"loading {args.base} and {args.smashed}")
-    base, base_path = load_any(args.base, args.device)
-    smashed, smashed_path = load_any(args.smashed, args.device)
+    trust = args.trust_remote_code
+    base, base_path = load_any(args.base, args.device, trust)
+    smashed, smashed_path = load_any(args.smashed, args.device, trust)
     components = getattr(getattr(smashed, "smash_config", None), "components", None)
-    tokenizer = getattr(components, "tokenizer", None) or load_tokenizer(smashed_path) or load_tokenizer(base_path)
+    tokenizer = (getattr(components, "tokenizer", None) or load_tokenizer(smashed_path, trust)
+                 or load_tokenizer(base_path, trust))
     report = compare(
         base, smashed, data=args.data, tokenizer=tokenizer, tokenizer_kwargs={"max_length": args.tokens},
         max_samples=args.samples, metrics=_compare_metrics(args, base, smashed, (base_path, smashed_path)),
@@ -297,49 +356,69 @@ def _folder_summary(path: Path) -> dict[str, Any]:
 def cmd_info(args: argparse.Namespace) -> int:
     folder = Path(resolve_model_path(args.folder))
     if not folder.is_dir():
-        raise CommandError(f"{folder}: no such folder.")
+        raise ModelFolderError(f"{folder}: no such folder.")
     sizes = _folder_summary(folder)
     if not is_smashed_folder(str(folder)):
         config_file = folder / "config.json"
         if not config_file.is_file():
-            raise CommandError(f"{folder} holds neither a smashed model (smash_config.json) nor a model (config.json).")
-        model_config = json.loads(config_file.read_text(encoding="utf-8"))
-        payload = {"folder": str(folder), "smashed": False, "architectures": model_config.get("architectures"),
-                   "dtype": model_config.get("dtype") or model_config.get("torch_dtype"), **sizes}
-        text = (f"{folder}: a plain model ({', '.join(payload['architectures'] or ['unknown class'])}, "
+            raise ModelFolderError(f"{folder} holds neither a smashed model (smash_config.json) nor a model (config.json).")
+        model_config = read_json_object(config_file)
+        architectures = [str(a) for a in _as(list, model_config.get("architectures"))]
+        dtype = model_config.get("dtype") or model_config.get("torch_dtype")
+        payload = {"folder": str(folder), "smashed": False, "architectures": architectures or None,
+                   "dtype": dtype if isinstance(dtype, str) else None, **sizes}
+        text = (f"{folder}: a plain model ({', '.join(architectures or ['unknown class'])}, "
                 f"{payload['dtype'] or 'dtype not recorded'}), not smashed by smashlib\n"
                 f"weights on disk: {sizes['weights_mb']} MB (folder {sizes['folder_mb']} MB)")
         _emit(args, payload, text)
         return 0
-    from smashlib.serialization import read_manifest
+    from smashlib.serialization import MANIFEST_FILE, read_manifest
 
-    manifest = read_manifest(folder)
+    try:
+        manifest = read_manifest(folder)
+    except RecursionError:
+        raise ModelFolderError(f"{folder / MANIFEST_FILE} is nested too deeply to be a smashlib manifest: it is damaged.") from None
     _emit(args, {"folder": str(folder), "smashed": True, **sizes, "smash_config": manifest}, describe_manifest(folder, manifest, sizes))
     return 0
 
 
+def _as(kind: type, value: Any) -> Any:
+    """``value`` when it is of ``kind`` (dict or list), else an empty one: `info` describes a damaged manifest
+    as far as it can instead of failing on the first field of the wrong JSON type."""
+    return value if isinstance(value, kind) else kind()
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_manifest(folder: Path, manifest: dict[str, Any], sizes: dict[str, Any]) -> str:
     """What `smashlib info` prints for a smashed folder: what it is, how it was made, with what."""
-    saved = manifest.get("saved_model", {})
-    model = saved.get("model", {})
-    versions = saved.get("versions", {})
-    head = (f"{folder}: a {model.get('class', 'model')} smashed by smashlib ({model.get('library', '?')} model, "
-            f"{model.get('dtype', '?')}, device {manifest.get('device', '?')})")
+    saved = _as(dict, manifest.get("saved_model"))
+    model = _as(dict, saved.get("model"))
+    versions = _as(dict, saved.get("versions"))
+    head = (f"{folder}: a {_short(model.get('class', 'model'))} smashed by smashlib ({_short(model.get('library', '?'))} "
+            f"model, {_short(model.get('dtype', '?'))}, device {_short(manifest.get('device', '?'))})")
     lines = [head]
-    algorithms = saved.get("algorithms", [])
+    algorithms = _as(list, saved.get("algorithms"))
     lines.append("made with, in the order applied:" if algorithms else "made with: no algorithm")
     for entry in algorithms:
-        settings = ", ".join(f"{k}={v!r}" for k, v in entry.get("settings", {}).items())
-        lines.append(f"  {entry.get('group', '?'):<10} {entry.get('name', '?')}({settings})  [{entry.get('restored', '')}]")
-    for name, description in manifest.get("components", {}).items():
-        lines.append(f"{name}: {json.dumps(description, default=str) if not isinstance(description, str) else description}")
-    lines.append("saved by: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    weights = saved.get("weights", {})
-    lines.append(f"weights on disk: {sizes['weights_mb']} MB ({weights.get('tensors', '?')} tensors in "
-                 f"{weights.get('file', '?')}); folder {sizes['folder_mb']} MB")
+        if not isinstance(entry, dict):
+            lines.append(f"  {_short(entry)}  [not an algorithm entry: the manifest is damaged]")
+            continue
+        settings = ", ".join(f"{k}={v!r}" for k, v in _as(dict, entry.get("settings")).items())
+        lines.append(f"  {_short(entry.get('group', '?')):<10} {_short(entry.get('name', '?'))}({_short(settings, 400)})  "
+                     f"[{_short(entry.get('restored', ''))}]")
+    for name, description in _as(dict, manifest.get("components")).items():
+        lines.append(f"{name}: {_short(description)}")
+    lines.append("saved by: " + ", ".join(f"{k} {_short(v)}" for k, v in versions.items()))
+    weights = _as(dict, saved.get("weights"))
+    lines.append(f"weights on disk: {sizes['weights_mb']} MB ({_short(weights.get('tensors', '?'))} tensors in "
+                 f"{_short(weights.get('file', '?'))}); folder {sizes['folder_mb']} MB")
     lines.append(f"load it: SmashedModel.from_pretrained({str(folder)!r})")
-    measured = saved.get("report", {}).get("markdown") if isinstance(saved.get("report"), dict) else None
-    if measured:
+    measured = _as(dict, saved.get("report")).get("markdown")
+    if isinstance(measured, str) and measured:
         lines += ["", "measured before saving:", measured]
     return "\n".join(lines)
 
@@ -354,10 +433,17 @@ def cmd_algorithms(args: argparse.Namespace) -> int:
 
     rows = algorithms_table()
     if args.group:
+        from smashlib.algorithm import GROUP_ORDER
+        from smashlib.errors import did_you_mean
+
+        if args.group not in GROUP_ORDER:
+            raise CommandError(
+                f"unknown group '{args.group}'.{did_you_mean(args.group, GROUP_ORDER)} Groups: {', '.join(GROUP_ORDER)}."
+            )
         rows = [row for row in rows if row["group"] == args.group]
     table = []
     for row in rows:
-        needs = list(row["requires"]) + list(row["needs_packages"])
+        needs = ([row["needs"]] if row["needs"] else []) + list(row["needs_packages"])
         if not row["available"]:
             needs.append("(not installed)")
         hyperparameters = "; ".join(
@@ -399,6 +485,14 @@ def _common(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
     parser.add_argument("--json", action="store_true", default=default, help="print the result as JSON")
 
 
+def _trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow a folder's or Hub repository's own Python files (config.json auto_map) to run; without it "
+        "such a model is refused, never asked about",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="smashlib", description="Make Hugging Face models smaller and faster, and measure it.")
     _common(parser, top_level=True)
@@ -415,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     smash_parser.add_argument("--tokenizer", metavar="DIR_OR_ID", help="default: the tokenizer saved with the model")
     smash_parser.add_argument("--data", metavar="NAME", help="dataset for calibration (cfg.add_data), e.g. PydocTopics")
     smash_parser.add_argument("--report", action="store_true", help="compare with the original and print the table")
+    _trust_flag(smash_parser)
     _common(smash_parser)
     add_registry_flags(smash_parser)
     smash_parser.set_defaults(handler=cmd_smash)
@@ -434,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("--threads", type=int, help="torch threads for both models (default: torch's)")
     compare_parser.add_argument("--device", choices=["cpu", "cuda"], help="device to load the models on")
     compare_parser.add_argument("--plot", metavar="PNG", help="also save a bar chart of the ratios (needs matplotlib)")
+    _trust_flag(compare_parser)
     _common(compare_parser)
     compare_parser.set_defaults(handler=cmd_compare)
 
@@ -487,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except SmashConfigError as error:
+    except (CommandError, SmashConfigError) as error:
         print(f"smashlib {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except (SmashError, OSError) as error:
@@ -496,6 +592,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"smashlib {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # the command line promises one line, never a traceback
+        if os.environ.get("SMASHLIB_DEBUG"):
+            raise
+        print(f"smashlib {args.command}: error: unexpected {type(error).__name__}: {_one_line(error)[:500]} "
+              "(run with SMASHLIB_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
+from html import escape
+from pathlib import Path
 from typing import Any
 
 from ConfigSpace import Configuration, ConfigurationSpace
 
-from smashlib import registry
+from smashlib import hyperparameters, registry
 from smashlib.algorithm import COMPONENT_FIXES, COMPONENT_NAMES, GROUP_ORDER, Algorithm
-from smashlib.components import Components, describe_pretrained
+from smashlib.components import Components, describe_pretrained, load_pretrained
 from smashlib.errors import (
-    HyperparameterValueError,
     InactiveHyperparameterError,
     IncompatibleAlgorithmsError,
     SmashConfigError,
@@ -27,14 +28,15 @@ from smashlib.errors import (
 )
 
 #: Version of the JSON layout written by save_json; loading a newer one is refused with a clear error.
-SCHEMA_VERSION = 1
+#: 1: the first layout. 2: hyperparameters renamed (keep_full_precision, keep_output_head and gptq's
+#: output_head became target_modules); version-1 values pass through Algorithm.upgrade_settings when read.
+SCHEMA_VERSION = 2
 DEVICES = ("cpu", "cuda")
 
 
 def plain(value: Any) -> Any:
     """ConfigSpace hands back numpy scalars; users and JSON want Python's own types."""
-    item = getattr(value, "item", None)
-    return item() if callable(item) and not isinstance(value, (str, bytes)) else value
+    return hyperparameters.python_value(value)
 
 
 def default_device() -> str:
@@ -43,27 +45,55 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _describe_legal(hyperparameter: Any) -> str:
-    choices = getattr(hyperparameter, "choices", None)
-    if choices is not None:
-        return "one of " + ", ".join(repr(plain(c)) for c in choices)
-    sequence = getattr(hyperparameter, "sequence", None)
-    if sequence is not None:
-        return "one of " + ", ".join(repr(plain(c)) for c in sequence)
-    if hasattr(hyperparameter, "lower"):
-        return f"between {plain(hyperparameter.lower)} and {plain(hyperparameter.upper)}"
-    return f"the constant {plain(getattr(hyperparameter, 'value', None))!r}"
+def device_name(device: Any) -> str | None:
+    """'cpu' or 'cuda' from a string or a ``torch.device`` (read by its ``type``, so torch is not imported)."""
+    if device is None:
+        return None
+    name = getattr(device, "type", device)
+    if not isinstance(name, str) or name not in DEVICES:
+        raise SmashConfigError(f"unknown device {device!r}: use one of {', '.join(DEVICES)} (or a torch.device of one).")
+    return name
 
 
-def _coerce(hyperparameter: Any, value: Any) -> Any:
-    """Accept what a user naturally writes (4 for 4.0, numpy scalars) without accepting nonsense."""
-    value = plain(value)
-    kind = type(hyperparameter).__name__
-    if "Integer" in kind and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if "Float" in kind and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+def _field(payload: Mapping[str, Any], name: str, expected: type, missing: Any) -> Any:
+    value = payload.get(name, missing)
+    if value is not missing and not isinstance(value, expected):
+        wanted = {Mapping: "a JSON object", str: "a string"}[expected]
+        raise SmashConfigError(
+            f"the field '{name}' of the saved SmashConfig is malformed: it must be {wanted}, not "
+            f"{type(value).__name__} ({value!r:.60}). Save the config again."
+        )
     return value
+
+
+def upgrade_values(values: Mapping[str, Any], schema_version: int) -> dict[str, Any]:
+    """Values saved under ``schema_version`` with each chosen algorithm's settings passed through its
+    ``upgrade_settings`` hook (unprefixed in, unprefixed out), so renamed hyperparameters map to today's."""
+    upgraded = {key: value for key, value in values.items() if key in GROUP_ORDER}
+    chosen = []
+    for group, name in upgraded.items():
+        if isinstance(name, str) and name in registry.algorithms():
+            chosen.append(registry.get_algorithm(name))
+        elif name is not None:
+            raise UnknownNameError(
+                f"the saved config chooses {group} {name!r}, which is not installed. "
+                f"Known algorithms: {', '.join(registry.algorithms())}."
+            )
+    # the longest name first, so 'torch_dynamic_x' belongs to torch_dynamic even if 'torch' existed
+    chosen.sort(key=lambda algorithm: -len(algorithm.name))
+    settings: dict[str, dict[str, Any]] = {algorithm.name: {} for algorithm in chosen}
+    for key, value in values.items():
+        if key in GROUP_ORDER:
+            continue
+        owner = next((a for a in chosen if key.startswith(a.name + "_")), None)
+        if owner is None:
+            upgraded[key] = value  # belongs to no chosen algorithm: SmashConfig reports it by name
+            continue
+        settings[owner.name][key.removeprefix(owner.name + "_")] = value
+    for algorithm in chosen:
+        new = algorithm.upgrade_settings(dict(settings[algorithm.name]), schema_version)
+        upgraded.update({f"{algorithm.name}_{key}": value for key, value in new.items()})
+    return upgraded
 
 
 class SmashConfig(Mapping):
@@ -75,16 +105,11 @@ class SmashConfig(Mapping):
     ('half', 'float16')
     """
 
-    def __init__(self, values: Mapping[str, Any] | None = None, device: str | None = None) -> None:
-        if device is not None and device not in DEVICES:
-            raise SmashConfigError(f"unknown device '{device}': use one of {', '.join(DEVICES)}.")
-        self.device: str = device or default_device()
+    def __init__(self, values: Mapping[str, Any] | None = None, device: str | Any | None = None) -> None:
+        self.device: str = device_name(device) or default_device()
         self.components = Components()
         self._values: dict[str, Any] = {}
-        values = dict(values or {})
-        # groups first, so that hyperparameters given in the same dict find their algorithm active
-        for key in sorted(values, key=lambda k: k not in GROUP_ORDER):
-            self[key] = values[key]
+        self._assign_all(values or {})
 
     # ------------------------------------------------------------------ the space
     @staticmethod
@@ -154,6 +179,20 @@ class SmashConfig(Mapping):
         return dict(self._values)
 
     def update(self, values: Mapping[str, Any]) -> None:
+        """Set several keys at once: all of them, or (when one is refused) none of them."""
+        before = dict(self._values)
+        try:
+            self._assign_all(values)
+        except BaseException:
+            self._values = before
+            raise
+
+    def _assign_all(self, values: Mapping[str, Any]) -> None:
+        if not isinstance(values, Mapping):
+            raise SmashConfigError(
+                f"SmashConfig takes a dict of keys and values, not {type(values).__name__}: e.g. {{'quantizer': 'half'}}."
+            )
+        # groups first, so that hyperparameters given in the same dict find their algorithm active
         for key in sorted(values, key=lambda k: k not in GROUP_ORDER):
             self[key] = values[key]
 
@@ -170,20 +209,18 @@ class SmashConfig(Mapping):
 
     # ------------------------------------------------------------------ components
     def add_tokenizer(self, tokenizer: Any, **kwargs: Any) -> None:
-        """Attach a tokenizer: an object, or a Hub id / local path loaded with AutoTokenizer."""
+        """Attach a tokenizer: an object, or a local folder / Hub id loaded with AutoTokenizer
+        (``trust_remote_code`` defaults to False; a failure is a ComponentLoadError saying what to pass)."""
         if isinstance(tokenizer, (str, os.PathLike)):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), **kwargs)
+            tokenizer = load_pretrained("tokenizer", tokenizer, **kwargs)
         self.components.tokenizer = tokenizer
         self.components.descriptions["tokenizer"] = describe_pretrained(tokenizer)
 
     def add_processor(self, processor: Any, **kwargs: Any) -> None:
-        """Attach a processor: an object, or a Hub id / local path loaded with AutoProcessor."""
+        """Attach a processor: an object, or a local folder / Hub id loaded with AutoProcessor
+        (``trust_remote_code`` defaults to False; a failure is a ComponentLoadError saying what to pass)."""
         if isinstance(processor, (str, os.PathLike)):
-            from transformers import AutoProcessor
-
-            processor = AutoProcessor.from_pretrained(str(processor), **kwargs)
+            processor = load_pretrained("processor", processor, **kwargs)
         self.components.processor = processor
         self.components.descriptions["processor"] = describe_pretrained(processor)
 
@@ -192,6 +229,9 @@ class SmashConfig(Mapping):
         from smashlib.data import attach_data
 
         self.components.data, self.components.descriptions["data"] = attach_data(self, data, **kwargs)
+
+    #: The seed guide's name for :meth:`add_data` (``cfg.add_dataset("WikiText")``): the same call.
+    add_dataset = add_data
 
     def missing_components(self) -> list[tuple[Algorithm, str]]:
         """(algorithm, component) pairs that smash() would refuse."""
@@ -231,23 +271,47 @@ class SmashConfig(Mapping):
 
     @classmethod
     def from_json_dict(cls, payload: Mapping[str, Any], device: str | None = None) -> SmashConfig:
+        """A SmashConfig from what :meth:`to_json_dict` wrote, by this or an older smashlib.
+
+        Settings written under an older schema are passed through each algorithm's
+        ``Algorithm.upgrade_settings`` here, the one place every reader (``load_json``, loading a saved
+        model) goes through, so renamed hyperparameters still load.
+        """
+        if not isinstance(payload, Mapping):
+            raise SmashConfigError(f"a saved SmashConfig is a JSON object, not {type(payload).__name__}.")
         version = payload.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        written_by = f"(by smashlib {payload.get('smashlib_version', '?')})"
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise SmashConfigError(
-                f"this SmashConfig was written with schema version {version!r} (by smashlib "
-                f"{payload.get('smashlib_version', '?')}); this smashlib reads up to {SCHEMA_VERSION}: upgrade smashlib."
+                f"the field 'schema_version' is malformed: {version!r} {written_by}; it must be a whole number "
+                f"from 1 to {SCHEMA_VERSION}. The file was edited or damaged: save the config again."
             )
-        config = cls(payload.get("values", {}), device=device or payload.get("device"))
-        config.components.descriptions.update(payload.get("components", {}))
+        if version > SCHEMA_VERSION:
+            raise SmashConfigError(
+                f"this SmashConfig was written with schema version {version} {written_by}; this smashlib reads up "
+                f"to {SCHEMA_VERSION}: upgrade smashlib."
+            )
+        values = _field(payload, "values", Mapping, {})
+        components = _field(payload, "components", Mapping, {})
+        saved_device = _field(payload, "device", str, None)
+        if version < SCHEMA_VERSION:
+            values = upgrade_values(values, version)
+        config = cls(values, device=device or saved_device)
+        config.components.descriptions.update(components)
         return config
 
     @classmethod
     def load_json(cls, path: str | os.PathLike, device: str | None = None) -> SmashConfig:
-        with open(path, encoding="utf-8") as handle:
-            try:
-                payload = json.load(handle)
-            except json.JSONDecodeError as error:
-                raise SmashConfigError(f"{path} is not valid JSON: {error}") from None
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise SmashConfigError(f"cannot read the SmashConfig file {path}: {error.strerror or error}.") from None
+        except UnicodeDecodeError as error:
+            raise SmashConfigError(f"{path} is not a SmashConfig JSON file (not UTF-8 text: {error}).") from None
+        try:
+            payload = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise SmashConfigError(f"{path} is not valid JSON: {error}") from None
         return cls.from_json_dict(payload, device=device)
 
     # ------------------------------------------------------------------ display
@@ -262,6 +326,26 @@ class SmashConfig(Mapping):
         for name, description in self.components.descriptions.items():
             lines.append(f"  + {name}: {description}")
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The same content as repr(), as a table for notebooks."""
+        rows = []
+        for algorithm in self.chosen_algorithms():
+            settings = self.settings_for(algorithm)
+            text = ", ".join(f"{key}={value!r}" for key, value in settings.items()) or "-"
+            rows.append((algorithm.group, algorithm.name, text))
+        body = "".join(
+            f"<tr><td>{escape(group)}</td><td><code>{escape(name)}</code></td><td>{escape(text)}</td></tr>"
+            for group, name, text in rows
+        ) or '<tr><td colspan="3">(no algorithm chosen)</td></tr>'
+        attached = "".join(
+            f"<li>{escape(name)}: {escape(str(description))}</li>" for name, description in self.components.descriptions.items()
+        )
+        return (
+            f"<div><strong>SmashConfig</strong> (device <code>{escape(self.device)}</code>)"
+            "<table><thead><tr><th>group</th><th>algorithm</th><th>hyperparameters</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>" + (f"<p>attached:</p><ul>{attached}</ul>" if attached else "") + "</div>"
+        )
 
     # ------------------------------------------------------------------ internals
     def _set_group(self, group: str, name: Any) -> None:
@@ -313,11 +397,4 @@ class SmashConfig(Mapping):
                 f"Set cfg['{owner.group}'] = '{owner.name}' first."
             )
         hyperparameter = self.space()[key]
-        value = _coerce(hyperparameter, value)
-        try:
-            legal = hyperparameter.legal_value(value)
-        except (TypeError, ValueError):
-            legal = False
-        if not legal:
-            raise HyperparameterValueError(f"{key} = {value!r} is not allowed: use {_describe_legal(hyperparameter)}.")
-        self._values[key] = value
+        self._values[key] = hyperparameters.checked_value(key, hyperparameter, value)

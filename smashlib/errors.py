@@ -35,6 +35,10 @@ class IncompatibleAlgorithmsError(SmashConfigError):
     """Two chosen algorithms cannot be combined."""
 
 
+class ComponentLoadError(SmashConfigError):
+    """A tokenizer, processor or dataset named by a path or Hub id cannot be loaded from it."""
+
+
 class MissingComponentError(SmashError):
     """An algorithm needs a tokenizer, processor or data that was not attached."""
 

@@ -24,7 +24,8 @@ from ConfigSpace import (
     ForbiddenEqualsClause,
 )
 
-from smashlib.algorithm import GROUP_ORDER, Algorithm
+from smashlib import hyperparameters
+from smashlib.algorithm import COMPONENT_NAMES, GROUP_ORDER, Algorithm
 from smashlib.errors import UnknownNameError, did_you_mean
 
 ENTRY_POINT_GROUP = "smashlib.algorithms"
@@ -50,7 +51,7 @@ def _discover() -> list[type[Algorithm]]:
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = entry_point.load()
-        except Exception as error:  # a broken plugin must not break smashlib itself
+        except Exception as error:  # noqa: BLE001 - a broken plugin, whatever it raises, must not break smashlib
             warnings.warn(f"smashlib: could not load algorithm entry point '{entry_point.name}': {error}", stacklevel=2)
             continue
         found.extend(_algorithm_classes_in(loaded) if inspect.ismodule(loaded) else [loaded])
@@ -137,12 +138,14 @@ def algorithms_table() -> list[dict[str, Any]]:
                 "name": algorithm.name,
                 "group": algorithm.group,
                 "runs_on": list(algorithm.runs_on),
-                "requires": list(algorithm.requires),
+                "requires": list(algorithm.required_components(default_settings(algorithm))),
+                "requires_when": conditional_requirements(algorithm),
+                "needs": describe_needs(algorithm),
                 "needs_packages": list(algorithm.needs_packages),
                 "available": not algorithm.missing_packages(),
                 "incompatible_with": list(algorithm.incompatible_with),
                 "hyperparameters": {
-                    f"{algorithm.name}_{hp.name}": {"default": _plain(hp.default_value), "allowed": _allowed(hp)}
+                    f"{algorithm.name}_{hp.name}": {"default": hyperparameters.default(hp), "allowed": hyperparameters.allowed(hp)}
                     for hp in algorithm.hyperparameters
                 },
                 "summary": algorithm.summary,
@@ -151,17 +154,46 @@ def algorithms_table() -> list[dict[str, Any]]:
     return rows
 
 
-def _plain(value: Any) -> Any:
-    item = getattr(value, "item", None)
-    return item() if callable(item) else value
+def default_settings(algorithm: Algorithm) -> dict[str, Any]:
+    """The algorithm's settings (unprefixed) when nothing is set: what smash() reads for a fresh choice."""
+    return {hp.name: hyperparameters.default(hp) for hp in algorithm.hyperparameters}
 
 
-def _allowed(hyperparameter: Any) -> Any:
-    for attribute in ("choices", "sequence"):
-        values = getattr(hyperparameter, attribute, None)
-        if values is not None:
-            return [_plain(v) for v in values]
-    return [_plain(hyperparameter.lower), _plain(hyperparameter.upper)]
+def conditional_requirements(algorithm: Algorithm) -> dict[str, list[str]]:
+    """Components whose need depends on a setting: ``{"data": ["smoothquant=True"]}`` for one needed only
+    then, ``{"data": ["not with method=rtn"]}`` for one a setting removes. Asks ``required_components`` for
+    each choice of each categorical hyperparameter (the others at their defaults)."""
+    defaults = default_settings(algorithm)
+    base = set(algorithm.required_components(defaults))
+    notes: dict[str, list[str]] = {}
+    for hyperparameter in algorithm.hyperparameters:
+        for choice in hyperparameters.choices(hyperparameter) or []:
+            if choice == defaults[hyperparameter.name]:
+                continue
+            needed = set(algorithm.required_components({**defaults, hyperparameter.name: choice}))
+            for component in sorted(needed - base):
+                notes.setdefault(component, []).append(f"{hyperparameter.name}={choice}")
+            for component in sorted(base - needed):
+                notes.setdefault(component, []).append(f"not with {hyperparameter.name}={choice}")
+    return notes
+
+
+def describe_needs(algorithm: Algorithm) -> str:
+    """The components an algorithm needs, with the settings that change it, e.g. 'tokenizer, data (with
+    smoothquant=True)' or 'tokenizer, data (not with method=rtn)': the "needs" of the algorithms table."""
+    base = algorithm.required_components(default_settings(algorithm))
+    notes = conditional_requirements(algorithm)
+    ordered = [c for c in COMPONENT_NAMES if c in base or c in notes]
+    by_condition: dict[str, list[str]] = {}
+    for component in ordered:
+        if component in base and component not in notes:
+            by_condition.setdefault("", []).append(component)
+        else:
+            prefix = "" if component in base else "with "
+            by_condition.setdefault(prefix + " or ".join(notes[component]), []).append(component)
+    return ", ".join(
+        ", ".join(components) + (f" ({condition})" if condition else "") for condition, components in by_condition.items()
+    )
 
 
 def refresh() -> None:

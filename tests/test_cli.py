@@ -85,7 +85,8 @@ def test_values_are_parsed_to_the_hyperparameters_type():
         (["smash", "m", "--quantizer", "half", "--half-dtype", "float64", "--out", "o"], 2, "not one of"),
         (["smash", "m", "--half-dtype", "float16", "--out", "o"], 2, "inactive"),
         (["smash", "m", "--torch-unstructured-sparsity", "2", "--pruner", "torch_unstructured", "--out", "o"], 2, "not allowed"),
-        (["smash", "m", "--quantizer", "half"], 1, "nothing to do"),
+        (["smash", "m", "--quantizer", "half"], 2, "nothing to do"),
+        (["algorithms", "--group", "bogus"], 2, "Groups: distiller, pruner, quantizer"),
         (["frobnicate"], 2, "invalid choice"),
         (["info", "/nonexistent/folder"], 1, "no such folder"),
         (["compare", "/nonexistent/a", "/nonexistent/b", "--quiet"], 1, "/nonexistent/a: no such folder"),
@@ -106,13 +107,13 @@ def test_an_algorithm_that_needs_data_asks_for_the_flag(capsys):
         pytest.skip("no installed algorithm needs calibration data")
     algorithm = needing[0]
     code, _, err = run(capsys, "smash", "m", f"--{algorithm.group}", algorithm.name, "--out", "o", "--device", "cpu")
-    assert code == 1 and "--data NAME" in err
+    assert code == 2 and "--data NAME" in err  # the command line is wrong, not the work
     assert_one_line_error(err)
 
 
 def test_no_algorithm_chosen_is_an_error(capsys, model_folder, tmp_path):
     code, _, err = run(capsys, "smash", str(model_folder), "--out", str(tmp_path / "out"))
-    assert code == 1 and "no algorithm chosen" in err
+    assert code == 2 and "no algorithm chosen" in err  # bad input, as the docs say
 
 
 def test_console_script_runs_as_a_process():

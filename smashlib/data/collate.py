@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -94,10 +94,14 @@ def image_classification_collate(rows: Sequence[Row], img_size: int = 224, outpu
 
 
 def audio_processing_collate(rows: Sequence[Row]) -> dict[str, list[Any]]:
-    """Rows with ``audio`` (waveform tensor or array, file path, or a datasets audio value) and its
-    ``sentence`` transcript -> ``audio`` (waveform tensors or file paths, as speech pipelines accept)
-    and ``sentence`` (list of strings)."""
-    return {"audio": [audio_input(row["audio"]) for row in rows], "sentence": [row["sentence"] for row in rows]}
+    """Rows with ``audio`` (waveform tensor or array, file path, or a datasets audio value), or only a
+    ``path`` to the audio file (as many speech datasets' metadata tables have), and its ``sentence``
+    transcript -> ``audio`` (waveform tensors or file paths, as speech pipelines accept) and ``sentence``
+    (list of strings)."""
+    return {
+        "audio": [audio_input(row["audio"] if row.get("audio") is not None else row["path"]) for row in rows],
+        "sentence": [row["sentence"] for row in rows],
+    }
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,13 @@ class CollateFunction:
     needs_tokenizer: bool = False
     #: The text of a row, for packing text into calibration sequences; None for non-text data.
     text_of: Callable[[Row], str] | None = None
+    #: Columns that may stand in for one of ``columns`` (audio given as a ``path`` only).
+    stand_ins: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def missing_columns(self, present: Iterable[str]) -> list[str]:
+        """The columns of ``columns`` that neither ``present`` nor any of their stand-ins provide."""
+        have = set(present)
+        return [c for c in self.columns if c not in have and not have & set(self.stand_ins.get(c, ()))]
 
     def arguments(self) -> tuple[str, ...]:
         """The keyword arguments it takes besides the rows (and the tokenizer, which is bound separately)."""
@@ -144,7 +155,10 @@ COLLATE_FUNCTIONS: dict[str, CollateFunction] = _entries(
     CollateFunction(
         "image_classification_collate", image_classification_collate, ("image", "label"), "image classification"
     ),
-    CollateFunction("audio_processing_collate", audio_processing_collate, ("audio", "sentence"), "audio"),
+    CollateFunction(
+        "audio_processing_collate", audio_processing_collate, ("audio", "sentence"), "audio",
+        stand_ins={"audio": ("path",)},
+    ),
 )
 
 
@@ -163,7 +177,7 @@ def infer_collate(columns: Sequence[str]) -> str | None:
     """The collate function whose columns the data has, preferring the one that reads the most columns;
     None when no function fits or two fit equally well (image + text + label)."""
     present = set(columns)
-    fitting = [entry for entry in COLLATE_FUNCTIONS.values() if set(entry.columns) <= present]
+    fitting = [entry for entry in COLLATE_FUNCTIONS.values() if not entry.missing_columns(present)]
     if not fitting:
         return None
     best = max(len(entry.columns) for entry in fitting)

@@ -157,7 +157,7 @@ class SmashDataModule:
                     f"the {split} split of '{self.name}' yields {type(row).__name__} rows; {self.entry.name} "
                     f"needs rows that are dicts with the columns {', '.join(self.entry.columns)}."
                 )
-            missing = [column for column in self.entry.columns if column not in row]
+            missing = self.entry.missing_columns(row)
             if missing:
                 present = ", ".join(repr(column) for column in row) or "none"
                 raise DataError(

@@ -1,6 +1,6 @@
 """The Metric interface: what a metric declares, and the three calls the runner makes.
 
-A metric is a small class. The runner (:mod:`smashlib.evaluation.runner`) decides the order of calls so
+A metric is a small class. The runner (:func:`smashlib.evaluation.compare.run_metrics`) decides the order of calls so
 that every metric gets the same fairness for free: timed metrics are measured in interleaved rounds
 (base, smashed, smashed, base, ...), so a machine that slows down during the run slows both models.
 """
