@@ -332,7 +332,7 @@ class SmashConfig(Mapping):
         rows = []
         for algorithm in self.chosen_algorithms():
             settings = self.settings_for(algorithm)
-            text = ", ".join(f"{key}={value!r}" for key, value in settings.items()) or "-"
+            text = ", ".join(f"{algorithm.name}_{key}={value!r}" for key, value in settings.items()) or "-"
             rows.append((algorithm.group, algorithm.name, text))
         body = "".join(
             f"<tr><td>{escape(group)}</td><td><code>{escape(name)}</code></td><td>{escape(text)}</td></tr>"

@@ -174,10 +174,10 @@ def _run(model: nn.Module, batch: Any) -> Any:
         return model(batch)
     config = getattr(model, "config", None)
     prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
-    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" not in batch and callable(prepare):
-        # text calibration data holds input_ids only; the decoder reads the same text, shifted right
-        if "labels" in batch or "input_ids" in batch:
-            batch = {**batch, "decoder_input_ids": prepare(labels=batch.get("labels", batch.get("input_ids")))}
+    # text calibration data holds input_ids only; the decoder reads the same text, shifted right
+    if (getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" not in batch and callable(prepare)
+            and ("labels" in batch or "input_ids" in batch)):
+        batch = {**batch, "decoder_input_ids": prepare(labels=batch.get("labels", batch.get("input_ids")))}
     return model(**batch)
 
 

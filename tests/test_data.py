@@ -171,6 +171,19 @@ def test_audio_processing_collate_accepts_tensors_arrays_paths_and_datasets_valu
         audio_processing_collate([{"audio": 1.5, "sentence": ""}])
 
 
+def test_audio_processing_collate_reads_a_path_column_when_there_is_no_audio(tmp_path):
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(b"RIFF....WAVE")
+    rows = Dataset.from_dict({"path": [str(wav)] * 3, "sentence": ["a", "b", "c"]})
+    assert infer_collate(rows.column_names) == "audio_processing_collate"
+    module = SmashDataModule(rows, rows, rows, "audio_processing_collate")  # checks columns and one batch
+    batch = audio_processing_collate(list(rows))
+    assert batch == {"audio": [str(wav)] * 3, "sentence": ["a", "b", "c"]}
+    assert module is not None
+    with pytest.raises(DataError, match="no column 'audio'"):
+        SmashDataModule(Dataset.from_dict({"sentence": ["a"]}), None, None, "audio_processing_collate")
+
+
 def test_collate_registry_errors_and_inference(tokenizer):
     with pytest.raises(UnknownNameError, match="Did you mean 'text_generation_collate'"):
         get_collate("text_generaton_collate")

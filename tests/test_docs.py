@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"(?:<!--\s*not-run:(?P<reason>[^>]*)-->\s*\n)?```python\n(?P<code>.*?)```", re.S)
+BLOCK = re.compile(r"(?:<!--\s*not-run:(?P<reason>[^>]*)-->\s*\n)?```python\n(?P<code>.*?)```", re.DOTALL)
 
 
 def runnable_blocks(page: Path) -> list[str]:
@@ -34,6 +34,15 @@ def test_examples_run(page, tmp_path, monkeypatch):
     namespace: dict = {"__name__": f"docs_{page.stem}"}
     for number, code in enumerate(blocks, 1):
         try:
-            exec(compile(code, f"{page.name}[block {number}]", "exec"), namespace)
+            exec(compile(code, f"{page.name}[block {number}]", "exec"), namespace)  # noqa: S102 - running our docs is the test
         except Exception as error:
             raise AssertionError(f"{page.name}, python block {number} failed: {error!r}\n{code}") from error
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    """The README promises that its test command is CI's: the two must not drift apart."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    command = next(line for line in ci.splitlines() if line.startswith("bash scripts/setup.sh"))
+    assert command in readme.splitlines(), command
+    assert "ruff check ." in command and "pytest" in command

@@ -7,10 +7,10 @@ import torch
 
 pytest.importorskip("hqq", reason="hqq is not installed: pip install 'smashlib[hqq]'")
 
-from smashlib import SmashConfig, SmashedModel, smash  # noqa: E402
-from smashlib.errors import HyperparameterValueError  # noqa: E402
-from smashlib.layers.hqq_linear import HQQPackedLinear  # noqa: E402
-from tests.tiny_models import build_tiny, tiny_inputs  # noqa: E402
+from smashlib import SmashConfig, SmashedModel, smash
+from smashlib.errors import HyperparameterValueError
+from smashlib.layers.hqq_linear import HQQPackedLinear
+from tests.tiny_models import build_tiny, tiny_inputs
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

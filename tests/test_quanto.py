@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("optimum.quanto", reason="optimum-quanto is not installed: pip install 'smashlib[quanto]'")
 
-from smashlib import SmashConfig, SmashedModel, smash  # noqa: E402
-from smashlib.errors import HyperparameterValueError, MissingComponentError  # noqa: E402
-from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer  # noqa: E402
+from smashlib import SmashConfig, SmashedModel, smash
+from smashlib.errors import HyperparameterValueError, MissingComponentError
+from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer
 
 #: weights -> (inner tensor holding the codes, its dtype, bits a weight on disk, tolerated relative error)
 WEIGHTS = {

@@ -71,6 +71,7 @@ def tiny_tokenizer(vocab_size: int = 256):
     """A real BPE tokenizer with the tiny models' vocabulary size, trained in milliseconds on the English
     text every Python ships (pydoc_data), so tests that need a tokenizer never download one."""
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))

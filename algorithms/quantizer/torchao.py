@@ -45,7 +45,7 @@ def import_torchao():
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        import torchao.quantization as quantization
+        from torchao import quantization
     finally:
         logger.setLevel(level)
     return quantization

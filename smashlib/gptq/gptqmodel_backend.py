@@ -24,7 +24,14 @@ import torch
 from torch import nn
 
 from smashlib.errors import HyperparameterValueError, MissingPackageError
-from smashlib.gptq.layerwise import Grid, block_layer_names, find_layout, output_head_name, tie_embedding, tied_input_embedding
+from smashlib.gptq.layerwise import (
+    Grid,
+    block_layer_names,
+    find_layout,
+    output_head_name,
+    tie_embedding,
+    tied_input_embedding,
+)
 from smashlib.layers.packed_int import PackedLinear
 from smashlib.modules import replace_module
 
