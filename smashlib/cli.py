@@ -193,8 +193,11 @@ def load_plain_model(path: str, device: str | None = None, trust_remote_code: bo
 
 
 def _model_load_reason(path: str, error: BaseException) -> str:
-    from smashlib.components import hub_offline
+    from smashlib.components import hub_offline, invalid_hub_id
 
+    invalid = None if Path(path).is_dir() else invalid_hub_id(path)
+    if invalid:
+        return f"it is neither a local folder nor a valid Hub id ({invalid}): give a folder or an id like 'owner/name'."
     if not Path(path).is_dir() and hub_offline():
         return ("it is not a local folder, and the Hugging Face Hub is offline (HF_HUB_OFFLINE is set): give a "
                 "folder holding config.json and *.safetensors.")
@@ -229,7 +232,12 @@ def load_any(name: str, device: str | None = None, trust_remote_code: bool = Fal
     return load_plain_model(path, device, trust_remote_code), path
 
 
-def _quiet_transformers(quiet: bool) -> None:
+def _prepare_transformers(quiet: bool) -> None:
+    # transformers asks on stdin (for 15 s) whenever a call leaves trust_remote_code as None; the command
+    # line passes it everywhere, and with the timeout at 0 a call that does not is refused, never asked
+    import transformers.dynamic_module_utils as remote_code
+
+    remote_code.TIME_OUT_REMOTE_CODE = 0
     if quiet:
         from transformers.utils import logging
 
@@ -266,7 +274,7 @@ def cmd_smash(args: argparse.Namespace) -> int:
     needs = {component: [a.name for a, c in missing if c == component] for component in ("tokenizer", "data")}
     if needs["data"] and not args.data:
         raise CommandError(f"{', '.join(needs['data'])} needs calibration data: add --data NAME (e.g. --data PydocTopics).")
-    _quiet_transformers(args.quiet)
+    _prepare_transformers(args.quiet)
     path = resolve_model_path(args.model)
     trust = args.trust_remote_code
     if Path(path).is_dir():
@@ -326,7 +334,7 @@ def _compare_metrics(args: argparse.Namespace, base: Any, smashed: Any, paths: t
 def cmd_compare(args: argparse.Namespace) -> int:
     from smashlib.evaluation.compare import compare
 
-    _quiet_transformers(args.quiet)
+    _prepare_transformers(args.quiet)
     _say(args, f"loading {args.base} and {args.smashed}")
     trust = args.trust_remote_code
     base, base_path = load_any(args.base, args.device, trust)
@@ -468,7 +476,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from smashlib.evaluation.demo import run_demo
 
-    _quiet_transformers(args.quiet)
+    _prepare_transformers(args.quiet)
     report = run_demo(verbose=not args.quiet, threads=args.threads)
     if args.plot:
         report.plot(args.plot)

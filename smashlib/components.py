@@ -72,6 +72,12 @@ def load_pretrained(component: str, source: str | os.PathLike, **kwargs: Any) ->
                 f"{text} is a file: add_{component} takes a folder holding the {component} files, a Hub id, "
                 f"or the {component} object: {object_call}."
             ) from error
+        invalid = invalid_hub_id(text)
+        if invalid:
+            raise ComponentLoadError(
+                f"{text!r} is neither a local folder nor a valid Hub id ({invalid}): pass a local folder holding "
+                f"the {component} files, a Hub id like 'owner/name', or the {component} object: {object_call}."
+            ) from error
         if hub_offline():
             raise ComponentLoadError(
                 f"{text!r} is not a local folder and the Hugging Face Hub is offline (HF_HUB_OFFLINE is set), so "
@@ -84,14 +90,24 @@ def load_pretrained(component: str, source: str | os.PathLike, **kwargs: Any) ->
         ) from error
 
 
+def invalid_hub_id(text: str) -> str | None:
+    """Why ``text`` cannot be a Hub repository id (huggingface_hub's own rule), or None when it can."""
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:
+        return None
+    try:
+        validate_repo_id(text)
+    except HFValidationError as error:
+        return " ".join(str(error).split())[:200]
+    return None
+
+
 def hub_offline() -> bool:
     """Whether huggingface_hub is set to offline mode (HF_HUB_OFFLINE, read the way huggingface_hub reads it)."""
-    try:
-        from huggingface_hub import constants
+    from huggingface_hub import constants
 
-        return bool(constants.is_offline_mode()) if hasattr(constants, "is_offline_mode") else bool(constants.HF_HUB_OFFLINE)
-    except ImportError:
-        return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(constants.is_offline_mode())
 
 
 def malformed_json_files(folder: Path) -> list[str]:

@@ -71,14 +71,9 @@ def upgrade_values(values: Mapping[str, Any], schema_version: int) -> dict[str, 
     ``upgrade_settings`` hook (unprefixed in, unprefixed out), so renamed hyperparameters map to today's."""
     upgraded = {key: value for key, value in values.items() if key in GROUP_ORDER}
     chosen = []
-    for group, name in upgraded.items():
-        if isinstance(name, str) and name in registry.algorithms():
+    for name in upgraded.values():
+        if isinstance(name, str) and name in registry.algorithms():  # an unknown one SmashConfig reports by name
             chosen.append(registry.get_algorithm(name))
-        elif name is not None:
-            raise UnknownNameError(
-                f"the saved config chooses {group} {name!r}, which is not installed. "
-                f"Known algorithms: {', '.join(registry.algorithms())}."
-            )
     # the longest name first, so 'torch_dynamic_x' belongs to torch_dynamic even if 'torch' existed
     chosen.sort(key=lambda algorithm: -len(algorithm.name))
     settings: dict[str, dict[str, Any]] = {algorithm.name: {} for algorithm in chosen}

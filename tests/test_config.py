@@ -466,7 +466,7 @@ def test_hub_ids_offline_say_what_to_pass_instead(method):
         getattr(SmashConfig(device="cpu"), method)("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert "HuggingFaceTB/SmolLM2-135M-Instruct" in str(raised.value)
     for bad_id in ("owner/..", "a b"):
-        with pytest.raises(ComponentLoadError):
+        with pytest.raises(ComponentLoadError, match="neither a local folder nor a valid Hub id"):
             getattr(SmashConfig(device="cpu"), method)(bad_id)
 
 
