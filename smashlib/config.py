@@ -237,7 +237,9 @@ class SmashConfig(Mapping):
                 f"this SmashConfig was written with schema version {version!r} (by smashlib "
                 f"{payload.get('smashlib_version', '?')}); this smashlib reads up to {SCHEMA_VERSION}: upgrade smashlib."
             )
-        config = cls(payload.get("values", {}), device=device or payload.get("device"))
+        from smashlib.manifest import upgrade_values  # the one place older saved settings are upgraded
+
+        config = cls(upgrade_values(payload.get("values", {}), version), device=device or payload.get("device"))
         config.components.descriptions.update(payload.get("components", {}))
         return config
 
