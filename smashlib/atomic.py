@@ -77,10 +77,14 @@ def _finish_interrupted(target: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _default_folder_mode() -> int:
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o777 & ~mask
+    return mask
+
+
+def _default_folder_mode() -> int:
+    return 0o777 & ~_umask()
 
 
 def fsync_tree(folder: Path) -> None:
@@ -143,31 +147,48 @@ def swap_into_place(staging: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
-def _check_replaceable(target: Path, is_ours: Callable[[Path], bool]) -> None:
+def _check_replaceable(target: Path, check_replaceable: Callable[[Path], None]) -> None:
     if target.exists() and not target.is_dir():
         raise SmashError(f"cannot save to {target}: it is a file, not a folder. Choose a folder path.")
-    if target.is_dir() and any(target.iterdir()) and not is_ours(target):
-        raise SmashError(
-            f"cannot save to {target}: the folder holds other files, and saving replaces the whole folder. "
-            "Choose a new or empty folder (or one a previous save_pretrained wrote)."
-        )
+    if target.is_dir() and any(target.iterdir()):
+        check_replaceable(target)
+
+
+def _give_default_modes(folder: Path) -> None:
+    """Files as ``open()`` would create them (0644 under the usual umask): some writers (safetensors) make
+    theirs private (0600), but a saved model is not a private file."""
+    mode = 0o666 & ~_umask()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
+
+
+def _refuse_every_folder(target: Path) -> None:
+    raise SmashError(f"cannot save to {target}: the folder holds other files. Choose a new or empty folder.")
 
 
 @contextlib.contextmanager
-def atomic_folder(target: str | os.PathLike, is_ours: Callable[[Path], bool] = lambda path: True) -> Iterator[Path]:
+def atomic_folder(
+    target: str | os.PathLike, check_replaceable: Callable[[Path], None] = _refuse_every_folder
+) -> Iterator[Path]:
     """Yield an empty staging folder; when the block ends without error, it replaces ``target`` atomically.
 
-    ``is_ours(folder)`` says whether an existing, non-empty ``target`` may be replaced (a folder of other
-    files is refused rather than deleted). If the block raises, ``target`` is left as it was.
+    ``check_replaceable(folder)`` raises when an existing, non-empty ``target`` may not be replaced (a
+    folder holding anything the writer did not write is refused rather than deleted). If the block
+    raises, ``target`` is left as it was. A ``target`` that is a symbolic link to a folder stays a link:
+    the folder it points to is the one replaced.
     """
     target = Path(target).absolute()
+    if target.is_symlink():
+        target = target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     _finish_interrupted(target)
-    _check_replaceable(target, is_ours)
+    _check_replaceable(target, check_replaceable)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{STAGING_TAG}-{os.getpid()}-", dir=target.parent))
     try:
         os.chmod(staging, _default_folder_mode())  # mkdtemp makes it private (0700); a saved model is not
         yield staging
+        _give_default_modes(staging)
         fsync_tree(staging)
         swap_into_place(staging, target)
     finally:

@@ -1,74 +1,43 @@
-"""The Hugging Face Hub side of saving: find a saved model by repo id, push one with a model card.
+"""The Hugging Face Hub side of saving: push a saved folder with a model card rendered from its manifest.
 
-Downloads go through ``huggingface_hub.snapshot_download``, so its cache, ``HF_HUB_CACHE``,
-``HF_HUB_OFFLINE`` and tokens work as everywhere else; uploads push exactly the folder
-``save_pretrained`` writes, plus a README.md model card generated from the smash_config.
+Uploads push exactly the folder ``save_pretrained`` writes, plus a README.md model card generated at
+push time from that folder's smash_config.json (the evaluation report is kept there as JSON). Finding a
+saved model by repo id is part of loading (:func:`smashlib.serialization.resolve_folder`). This module
+imports neither the model nor the serialization code: it is handed something that can save itself.
 """
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from smashlib.errors import SmashedModelLoadError
-
-if TYPE_CHECKING:
-    from smashlib.model import SmashedModel
-
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$|^[\w.-]+$")
+from smashlib.errors import SmashError
+from smashlib.manifest import read_manifest
 
 
-def resolve_folder(path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | bool | None = None) -> Path:
-    """A local folder for ``path_or_repo_id``: the path itself when it exists, else a Hub snapshot."""
-    from smashlib.atomic import readable_folder
-
-    path = Path(path_or_repo_id).expanduser()
-    if readable_folder(path).exists():
-        if not readable_folder(path).is_dir():
-            raise SmashedModelLoadError(f"{path} is a file; give the folder save_pretrained wrote.")
-        return path
-    name = str(path_or_repo_id)
-    if isinstance(path_or_repo_id, os.PathLike) or not _REPO_ID.match(name) or name.startswith((".", "~")):
-        raise SmashedModelLoadError(f"no folder at {path}, and '{name}' is not a Hub repo id (owner/name).")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        return Path(snapshot_download(name, revision=revision, token=token))
-    except GatedRepoError:
-        raise SmashedModelLoadError(f"'{name}' is gated on the Hub: accept its terms on the website, then pass token=.") from None
-    except RepositoryNotFoundError:
-        raise SmashedModelLoadError(
-            f"no folder at {path}, and no Hub repository '{name}' (or it is private: pass token=)."
-        ) from None
-    except RevisionNotFoundError:
-        raise SmashedModelLoadError(f"the Hub repository '{name}' has no revision '{revision}'.") from None
-    except LocalEntryNotFoundError as error:
-        raise SmashedModelLoadError(
-            f"no folder at {path}, and '{name}' is not (completely) in the Hub cache while the Hub cannot be reached "
-            f"({str(error).splitlines()[0]}). Connect (unset HF_HUB_OFFLINE) or pass a local folder."
-        ) from None
-    except HfHubHTTPError as error:
-        raise SmashedModelLoadError(f"downloading '{name}' from the Hub failed: {error}") from None
+class Saveable(Protocol):
+    def save_pretrained(self, save_directory: Any) -> Path: ...
 
 
 # ====================================================================== model card
-def report_markdown(report: Any) -> str:
-    """The measured figures of an evaluation report, whatever form the report object offers."""
-    for method in ("to_markdown", "to_json"):
-        render = getattr(report, method, None)
-        if callable(render):
-            text = str(render())
-            return text if method == "to_markdown" else f"```json\n{text}\n```"
-    return f"```\n{report}\n```"
+def report_markdown(record: dict[str, Any] | None) -> str | None:
+    """The measured figures of a report as smash_config.json keeps it ({"json": ...} or {"markdown": ...})."""
+    if not record:
+        return None
+    if "markdown" in record:
+        return record["markdown"]
+    payload = record.get("json")
+    if payload is None:
+        return None
+    from smashlib.evaluation.report import Report
+
+    try:
+        return Report.from_dict(payload).to_markdown()
+    except Exception:  # noqa: BLE001 - a report of another shape (or schema) is shown as the JSON it is
+        import json
+
+        return f"```json\n{json.dumps(payload, indent=2, default=str)}\n```"
 
 
 def _human_bytes(size: int) -> str:
@@ -79,13 +48,14 @@ def _human_bytes(size: int) -> str:
     return f"{size} B"
 
 
-def model_card(smashed: SmashedModel, repo_id: str, manifest: dict[str, Any]) -> str:
-    """README.md for the Hub: how the model was smashed, with what, measured figures, how to load it."""
+def model_card(manifest: dict[str, Any], repo_id: str) -> str:
+    """README.md for the Hub, from a saved folder's manifest: how the model was smashed, with what, measured
+    figures, how to load it."""
     from smashlib import registry
 
     saved = manifest["saved_model"]
     versions = saved.get("versions", {})
-    base = getattr(getattr(smashed.model, "config", None), "_name_or_path", "") or ""
+    base = saved["model"].get("source") or ""
     base_is_hub_id = bool(re.match(r"^[\w.-]+/[\w.-]+$", base)) and not Path(base).exists()
     # library_name is smashlib, not transformers: the Hub's "use this model" snippet for transformers
     # would load compressed tensors into a plain model
@@ -127,8 +97,7 @@ def model_card(smashed: SmashedModel, repo_id: str, manifest: dict[str, Any]) ->
         "",
         "Saved with " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
     ]
-    report = getattr(smashed, "report", None)
-    measured = report_markdown(report) if report is not None else saved.get("report", {}).get("markdown")
+    measured = report_markdown(saved.get("report"))
     if measured:
         lines += ["", "## Measured", "", measured]
     packages = sorted(
@@ -160,7 +129,7 @@ def model_card(smashed: SmashedModel, repo_id: str, manifest: dict[str, Any]) ->
 
 # ====================================================================== push
 def push_to_hub(
-    smashed: SmashedModel,
+    smashed: Saveable,
     repo_id: str,
     private: bool = False,
     token: str | bool | None = None,
@@ -173,20 +142,35 @@ def push_to_hub(
     visibility). Files of earlier uploads that this save does not write are left in the repository.
     """
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+    from huggingface_hub.utils import validate_repo_id
 
     from smashlib import __version__
-    from smashlib.serialization import read_manifest, save_smashed_model
 
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise SmashError(f"cannot push to '{repo_id}': not a Hub repo id ({error}). Use 'owner/name'.") from None
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="smashlib-push-") as scratch:
-        folder = save_smashed_model(smashed, Path(scratch) / "model")
-        (folder / "README.md").write_text(model_card(smashed, repo_id, read_manifest(folder)), encoding="utf-8")
-        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
-            repo_id=repo.repo_id,
-            folder_path=folder,
-            repo_type="model",
-            revision=revision,
-            commit_message=commit_message or f"Upload model smashed with smashlib {__version__}",
-        )
+        folder = smashed.save_pretrained(Path(scratch) / "model")
+        (folder / "README.md").write_text(model_card(read_manifest(folder), repo_id), encoding="utf-8")
+        try:
+            repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            commit = api.upload_folder(
+                repo_id=repo.repo_id,
+                folder_path=folder,
+                repo_type="model",
+                revision=revision,
+                commit_message=commit_message or f"Upload model smashed with smashlib {__version__}",
+            )
+        except OfflineModeIsEnabled:
+            raise SmashError(
+                f"cannot push to '{repo_id}': the Hub is switched off (HF_HUB_OFFLINE=1). Unset HF_HUB_OFFLINE, or "
+                "save_pretrained to a folder and upload it later."
+            ) from None
+        except HfHubHTTPError as error:
+            raise SmashError(f"pushing to '{repo_id}' failed: {str(error).splitlines()[0]}") from None
+        except OSError as error:  # no network: requests' and httpx's connection errors
+            raise SmashError(f"cannot push to '{repo_id}': the Hub cannot be reached ({error}).") from None
     return str(getattr(commit, "commit_url", commit))

@@ -1,6 +1,7 @@
-"""SmashedModel: the smashed model, its config, and (in smashlib.serialization) how it is saved and loaded."""
+"""SmashedModel: the smashed model and the config it was made with; saving and loading are in smashlib.serialization."""
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,33 @@ from typing import Any
 import torch
 
 from smashlib.config import SmashConfig
+from smashlib.errors import SmashConfigError
+
+
+class AppliedSmashConfig(SmashConfig):
+    """The read-only copy of a SmashConfig that a SmashedModel keeps: what was applied, whatever happens to the
+    config the user goes on editing (a shared config once made a saved folder claim an algorithm never applied)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise SmashConfigError(
+            "a SmashedModel's smash_config records what was applied and cannot change: make a new config with "
+            "SmashConfig(smashed.smash_config.to_dict()) and smash the original model with it."
+        )
+
+    __setitem__ = __delitem__ = update = _refuse
+
+
+def applied_copy(config: SmashConfig) -> AppliedSmashConfig:
+    """A frozen copy of ``config``: its own values, its own components record (the objects themselves are shared:
+    a tokenizer or a data module is not copied)."""
+    if isinstance(config, AppliedSmashConfig):
+        return config
+    frozen = copy.copy(config)  # no validation rerun: the values were checked when set
+    frozen.__dict__.update({name: copy.copy(value) for name, value in vars(config).items() if isinstance(value, dict)})
+    frozen.components = copy.copy(config.components)
+    frozen.components.descriptions = dict(config.components.descriptions)
+    frozen.__class__ = AppliedSmashConfig
+    return frozen
 
 
 class SmashedModel:
@@ -23,7 +51,7 @@ class SmashedModel:
     def __init__(self, model: torch.nn.Module, smash_config: SmashConfig) -> None:
         # set through __dict__ so that __getattr__ below never sees them missing
         self.__dict__["model"] = model
-        self.__dict__["smash_config"] = smash_config
+        self.__dict__["smash_config"] = applied_copy(smash_config)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -54,7 +82,7 @@ class SmashedModel:
         """Write weights (compressed as they are), configs, tokenizer and smash_config.json, atomically."""
         from smashlib.serialization import save_smashed_model
 
-        return save_smashed_model(self, save_directory)
+        return save_smashed_model(self.model, self.smash_config, save_directory, report=self.report)
 
     @classmethod
     def from_pretrained(
@@ -72,7 +100,7 @@ class SmashedModel:
         """
         from smashlib.serialization import load_smashed_model
 
-        return load_smashed_model(path_or_repo_id, device=device, model=model, **kwargs)
+        return cls(*load_smashed_model(path_or_repo_id, device=device, model=model, **kwargs))
 
     def push_to_hub(
         self,
@@ -94,3 +122,23 @@ class SmashedModel:
             f"SmashedModel({type(model).__name__}, algorithms=[{', '.join(self.algorithms) or 'none'}], "
             f"parameters={parameters:,}, device='{self.smash_config.device}')"
         )
+
+    def _repr_html_(self) -> str:
+        """A table for notebooks: the model, each applied algorithm with its settings, and the report when attached."""
+        from smashlib.evaluation.formatting import html_table
+
+        model = self.model
+        parameters = sum(p.numel() for p in model.parameters())
+        size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        rows = [
+            [str(step), algorithm.group, algorithm.name,
+             ", ".join(f"{k}={v!r}" for k, v in self.smash_config.settings_for(algorithm).items()) or "-"]
+            for step, algorithm in enumerate(self.smash_config.chosen_algorithms(), start=1)
+        ] or [["-", "-", "none", "-"]]
+        caption = (
+            f"SmashedModel: {type(model).__name__}, {parameters:,} parameters, "
+            f"{size / 1e6:.1f} MB in memory, device '{self.smash_config.device}'"
+        )
+        table = html_table(["step", "group", "algorithm", "settings"], rows, right_from=4, caption=caption)
+        report = getattr(self.report, "_repr_html_", None)
+        return table + (report() if callable(report) else "")

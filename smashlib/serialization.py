@@ -1,4 +1,4 @@
-"""Save a SmashedModel to a folder and load it back, exactly, without calibration data.
+"""Save a SmashedModel's model and config to a folder and load them back, exactly, without calibration data.
 
 The folder::
 
@@ -6,14 +6,19 @@ The folder::
     model.safetensors                     the smashed model's state dict as it is (int8 / packed tensors
                                           stay compressed, so the size on disk shows the compression)
     smash_config.json                     the SmashConfig plus "saved_model": the algorithms in the order
-                                          applied with their settings, versions, model class, checksum
+                                          applied with their settings, versions, model class, checksum,
+                                          the list of files written (see :mod:`smashlib.manifest`)
     tokenizer / processor files           when attached to the SmashConfig
 
 Loading never repeats the expensive work: the model's modules are rebuilt from config.json without
-weights (see :mod:`smashlib.skeleton`), each algorithm that changed the weights turns them into its own
-structure (``prepare_for_loading``), the saved tensors are put in place, and each algorithm finishes
-(``after_loading``: repacking kernels, hooks; runtime algorithms such as compilers are applied again).
-Only safetensors and JSON are read: nothing is unpickled, nothing from the folder is executed.
+weights (see :mod:`smashlib.skeleton`), checked against the weights file's header, each algorithm that
+changed the weights turns them into its own structure (``prepare_for_loading``), the saved tensors are
+put in place, and each algorithm finishes (``after_loading``: repacking kernels, hooks; runtime
+algorithms such as compilers are applied again). Only safetensors and JSON are read: nothing is
+unpickled, nothing from the folder is executed, no file outside the folder is opened.
+
+This module knows nothing of :class:`~smashlib.model.SmashedModel` or the Hub's model card: it takes and
+returns a model and a SmashConfig, and resolves a Hub repo id to a folder (a download) itself.
 """
 from __future__ import annotations
 
@@ -22,14 +27,16 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import struct
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from smashlib import registry
@@ -43,19 +50,19 @@ from smashlib.errors import (
     UnknownNameError,
     UnsupportedModelError,
 )
-from smashlib.skeleton import build_skeleton, describe_model, model_class, save_custom_code
+from smashlib.manifest import FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, read_manifest
+from smashlib.skeleton import TRANSFORMERS, build_skeleton, describe_model, model_class, save_custom_code
 
-if TYPE_CHECKING:
-    from smashlib.model import SmashedModel
+__all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "WEIGHTS_FILE", "load_smashed_model", "read_manifest",
+           "resolve_folder", "save_smashed_model"]
 
-#: Version of the saved-folder layout ("saved_model" in smash_config.json). Raise it when a change would
-#: make an older smashlib misread a folder; loading a newer one is refused with a clear error.
-FORMAT_VERSION = 1
-MANIFEST_FILE = "smash_config.json"
-WEIGHTS_FILE = "model.safetensors"
 #: safetensors metadata keys (the weights file describes its own shared tensors)
 TIED_KEY = "smashlib.tied"
 OWNERS_KEY = "smashlib.owners"
+#: safetensors' own limit on the header; a larger length field means the file is not safetensors
+MAX_HEADER_BYTES = 100_000_000
+#: torch's CPU allocator aligns every tensor to 64 bytes; kernels chosen by alignment then match the saved model's
+ALIGNMENT = 64
 
 
 # ====================================================================== tensors: shared storage
@@ -117,36 +124,46 @@ def _specs(model: torch.nn.Module) -> dict[str, tuple[torch.dtype, tuple[int, ..
     return {name: (t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()}
 
 
+
 # ====================================================================== what an algorithm owns
 def tensor_owners(model: torch.nn.Module, config: SmashConfig) -> dict[str, list[str]] | None:
     """{algorithm: names of the tensors whose structure it created}, by rebuilding the model's skeleton
     (meta tensors, no memory) and replaying each algorithm's ``prepare_for_loading``.
 
-    Also the check that loading will work: a mismatch with the real state dict means the folder could
-    not be loaded without passing ``model=``, which is said at save time rather than discovered later.
-    None when the model cannot be rebuilt from its config (plain torch modules).
+    Also the check that loading will work, said at save time rather than discovered later: a model its
+    config cannot rebuild, or a mismatch with the real state dict, is a warning that loading will need
+    ``model=``; an algorithm whose ``prepare_for_loading`` fails is an error, since loading would fail
+    the same way. None when the model is not a transformers class (plain torch modules).
     """
-    import warnings
-
-    from smashlib.skeleton import TRANSFORMERS
-
     description = describe_model(model)
     if description["library"] != TRANSFORMERS:
         return None
     try:
         skeleton = build_skeleton(type(model), model.config, description["attn_implementation"])
-        specs = _specs(skeleton)
-        owners: dict[str, str] = {}
-        with torch.device("meta"):
-            for algorithm in config.chosen_algorithms():
-                if not algorithm.saves_state:
-                    continue
-                skeleton = algorithm.prepare_for_loading(skeleton, config.settings_for(algorithm))
-                after = _specs(skeleton)
-                owners.update({name: algorithm.name for name, spec in after.items() if specs.get(name) != spec})
-                specs = after
-    except Exception:  # noqa: BLE001 - any failure here only means no owners; the real load will tell
+    except SmashedModelLoadError as error:
+        warnings.warn(
+            f"this smashed model cannot be rebuilt from its config ({error}); the saved folder will need "
+            "SmashedModel.from_pretrained(path, model=<a model with this structure>).",
+            stacklevel=4,
+        )
         return None
+    specs = _specs(skeleton)
+    owners: dict[str, str] = {}
+    with torch.device("meta"):
+        for algorithm in config.chosen_algorithms():
+            if not algorithm.saves_state:
+                continue
+            try:
+                skeleton = algorithm.prepare_for_loading(skeleton, config.settings_for(algorithm))
+            except Exception as error:
+                raise SmashError(
+                    f"this model could be saved but not loaded again: {algorithm.name}.prepare_for_loading fails on "
+                    f"the model rebuilt from its config ({type(error).__name__}: {error}). This is a bug in "
+                    f"'{algorithm.name}': please report it."
+                ) from error
+            after = _specs(skeleton)
+            owners.update({name: algorithm.name for name, spec in after.items() if specs.get(name) != spec})
+            specs = after
     saved = _specs(model)
     problems = _spec_problems(specs, saved)
     if problems:
@@ -194,6 +211,7 @@ def _spec_problems(expected: Mapping[str, tuple], saved: Mapping[str, tuple]) ->
     return _fit_problems(missing, [], reshaped)
 
 
+
 # ====================================================================== save
 def _versions() -> dict[str, str]:
     """Versions of what wrote the folder (read from package metadata: importing transformers takes seconds)."""
@@ -237,6 +255,7 @@ def _sort_header_metadata(path: Path) -> None:
             handle.write(text + b" " * (length - len(text)))
 
 
+
 def _write_weights(folder: Path, tensors: dict[str, torch.Tensor], tied: dict[str, str], owners) -> dict[str, Any]:
     metadata = {"format": "pt", TIED_KEY: json.dumps(tied, sort_keys=True)}
     if owners is not None:
@@ -276,13 +295,81 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
         handle.write("\n")
 
 
-def _is_saved_model(folder: Path) -> bool:
-    return (folder / MANIFEST_FILE).is_file()
+def report_record(report: Any) -> dict[str, Any]:
+    """The evaluation report as JSON for smash_config.json (the Hub's model card is rendered from it at push time)."""
+    for method in ("to_dict", "to_json"):
+        render = getattr(report, method, None)
+        if callable(render):
+            payload = render()
+            return {"json": json.loads(payload) if isinstance(payload, str) else json.loads(json.dumps(payload, default=str))}
+    render = getattr(report, "to_markdown", None)
+    return {"markdown": str(render() if callable(render) else report)}
 
 
-def save_smashed_model(smashed: SmashedModel, save_directory: str | os.PathLike) -> Path:
-    """Write ``smashed`` to ``save_directory`` atomically (see :mod:`smashlib.atomic`) and return its path."""
-    model, config = smashed.model, smashed.smash_config
+def folder_contents(folder: Path) -> list[str]:
+    """Every entry under ``folder`` as a relative POSIX path: files, links, and folders holding nothing (with '/')."""
+    found = []
+    for root, folders, files in os.walk(folder):
+        relative = Path(root).relative_to(folder)
+        for name in files:
+            found.append((relative / name).as_posix())
+        for name in list(folders):
+            if (Path(root) / name).is_symlink():  # os.walk does not enter it; it is an entry of its own
+                found.append((relative / name).as_posix())
+                folders.remove(name)
+        if not files and not folders and relative != Path("."):
+            found.append(relative.as_posix() + "/")
+    return sorted(found)
+
+
+def _some(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def check_replaceable(folder: Path) -> None:
+    """Raise unless ``folder`` is provably a complete smashlib save holding nothing else (saving replaces it whole).
+
+    Proof: its smash_config.json reads and fits the schema, lists the files that save wrote (``contents``),
+    every one of them is there, the weights have the size recorded, and nothing else is in the folder.
+    """
+    present = folder_contents(folder)
+    opening = f"cannot save to {folder}: saving replaces the whole folder, and"
+    fix = "Move those files out, or save to a new or empty folder."
+    try:
+        manifest = read_manifest(folder)
+    except SmashedModelLoadError as error:
+        raise SmashError(
+            f"{opening} the folder holds other files ({_some(present)}) and is not a complete smashlib save "
+            f"({error}). {fix}"
+        ) from None
+    saved = manifest["saved_model"]
+    contents = saved.get("contents")
+    if contents is None:
+        raise SmashError(
+            f"{opening} it was written by an older smashlib that did not record which files it wrote, so they cannot "
+            f"be told apart from yours ({_some(present)}). Delete the folder yourself if nothing in it is yours, "
+            "or save to another folder."
+        )
+    ours = {*contents, MANIFEST_FILE}
+    missing = sorted(set(contents) - set(present))
+    weights = folder / saved["weights"]["file"]
+    if missing or not weights.is_file() or weights.stat().st_size != saved["weights"]["bytes"]:
+        what = f"missing {_some(missing)}" if missing else f"{weights.name} differs from the size recorded"
+        raise SmashError(f"{opening} it is not a complete smashlib save ({what}): it may hold your work. {fix}")
+    foreign = [name for name in present if name not in ours]
+    if foreign:
+        raise SmashError(
+            f"{opening} besides the smashlib save it holds other files: {_some(foreign)}. They would be deleted. {fix}"
+        )
+
+
+def save_smashed_model(
+    model: torch.nn.Module, config: SmashConfig, save_directory: str | os.PathLike, report: Any = None
+) -> Path:
+    """Write ``model`` (smashed with ``config``) to ``save_directory`` atomically (see :mod:`smashlib.atomic`).
+
+    ``report``: an evaluation report whose figures are kept in smash_config.json (as JSON) for the model card.
+    """
     state = model.state_dict()
     _refuse_unsaveable(state)
     tensors, tied = split_shared(state)
@@ -298,102 +385,31 @@ def save_smashed_model(smashed: SmashedModel, save_directory: str | os.PathLike)
         for algorithm in config.chosen_algorithms()
     ]
     manifest = config.to_json_dict()
-    with atomic_folder(save_directory, is_ours=_is_saved_model) as staging:
-        weights = _write_weights(staging, tensors, tied, owners)
-        files = _write_model_files(model, config, staging, description["library"])
-        manifest["saved_model"] = {
-            "schema_version": FORMAT_VERSION,
-            "versions": _versions(),
-            "algorithms": algorithms,
-            "model": description,
-            "weights": weights,
-            "files": files,
-        }
-        if getattr(smashed, "report", None) is not None:  # so that a model card made after reloading has it
-            from smashlib.hub import report_markdown
-
-            manifest["saved_model"]["report"] = {"markdown": report_markdown(smashed.report)}
-        _write_manifest(staging, manifest)
+    with atomic_folder(save_directory, check_replaceable=check_replaceable) as staging:
+        try:
+            weights = _write_weights(staging, tensors, tied, owners)
+            files = _write_model_files(model, config, staging, description["library"])
+            manifest["saved_model"] = {
+                "schema_version": FORMAT_VERSION,
+                "versions": _versions(),
+                "algorithms": algorithms,
+                "model": description,
+                "weights": weights,
+                "files": files,
+                "contents": folder_contents(staging),
+            }
+            if report is not None:
+                manifest["saved_model"]["report"] = report_record(report)
+            _write_manifest(staging, manifest)
+        except (SafetensorError, OSError) as error:  # a full disk, a read-only folder
+            raise SmashError(
+                f"cannot write the saved model to {Path(save_directory)}: {error}. Nothing was changed there; free "
+                "some space (or choose a writable folder) and save again."
+            ) from None
     return Path(save_directory)
 
 
-# ====================================================================== load
-def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
-    """smash_config.json of a saved folder, checked to be one this smashlib can read."""
-    from smashlib import __version__
-
-    path = Path(folder) / MANIFEST_FILE
-    if not path.is_file():
-        hint = " (it holds a config.json: a plain transformers model; load it with transformers)" if (
-            Path(folder) / "config.json"
-        ).is_file() else ""
-        raise SmashedModelLoadError(f"{folder} is not a model saved by smashlib: it has no {MANIFEST_FILE}{hint}.")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SmashedModelLoadError(f"{path} is damaged (not valid JSON: {error}); save the model again.") from None
-    saved = manifest.get("saved_model") if isinstance(manifest, dict) else None
-    if not isinstance(saved, dict) or not isinstance(saved.get("schema_version"), int):
-        raise SmashedModelLoadError(f"{path} has no valid 'saved_model' section: the folder is damaged; save it again.")
-    if saved["schema_version"] > FORMAT_VERSION:
-        raise SmashedModelLoadError(
-            f"{folder} was saved by smashlib {saved.get('versions', {}).get('smashlib', '?')} in folder format "
-            f"{saved['schema_version']}; this smashlib ({__version__}) reads formats up to {FORMAT_VERSION}: "
-            "upgrade smashlib (pip install -U smashlib)."
-        )
-    return manifest
-
-
-def _check_algorithms(manifest: dict[str, Any], folder: Path, device: str) -> list[Algorithm]:
-    """The saved algorithms, in the order applied, each checked to be installed and to run on ``device``."""
-    from smashlib import __version__
-
-    found = []
-    saved_by = manifest["saved_model"].get("versions", {}).get("smashlib", "?")
-    for entry in manifest["saved_model"].get("algorithms", []):
-        name = entry.get("name")
-        try:
-            algorithm = registry.get_algorithm(name)
-        except UnknownNameError:
-            raise SmashedModelLoadError(
-                f"{folder} was smashed with '{name}' (by smashlib {saved_by}), an algorithm this smashlib "
-                f"({__version__}) does not have: upgrade smashlib, or install the package that provides '{name}'."
-            ) from None
-        algorithm.validate_environment(device, context=f"{folder} was smashed with '{name}', which")
-        found.append(algorithm)
-    return found
-
-
-def _choose_device(manifest: dict[str, Any], device: str | torch.device | None) -> str:
-    if device is not None:
-        return torch.device(device).type
-    saved = manifest.get("device", "cpu")
-    return saved if saved != "cuda" or torch.cuda.is_available() else "cpu"
-
-
-def _read_weights(folder: Path, manifest: dict[str, Any], device: str, verify: bool) -> tuple[dict, dict[str, str]]:
-    record = manifest["saved_model"].get("weights", {})
-    path = folder / record.get("file", WEIGHTS_FILE)
-    if not path.is_file():
-        raise SmashedModelLoadError(f"{path} is missing: the folder is incomplete; save or download it again.")
-    if verify and record.get("sha256") and file_sha256(path) != record["sha256"]:
-        raise SmashedModelLoadError(
-            f"{path} is corrupt: its checksum differs from the one in {MANIFEST_FILE}. Save or download it again."
-        )
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        state = load_file(str(path), device=device)
-        tied = json.loads(metadata.get(TIED_KEY, "{}"))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise SmashedModelLoadError(f"{path} is not a readable safetensors file ({error}); save or download it again.") from None
-    for alias, kept in tied.items():
-        if kept not in state:
-            raise SmashedModelLoadError(f"{path} is damaged: '{alias}' is tied to '{kept}', which it does not hold.")
-        state[alias] = state[kept]
-    return state, tied
-
-
+# ====================================================================== load: the hooks
 def _run_hook(algorithm: Algorithm, hook: str, model: torch.nn.Module, settings: dict) -> torch.nn.Module:
     try:
         result = getattr(algorithm, hook)(model, settings)
@@ -427,15 +443,282 @@ def _put_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], folder:
         raise refuse(problems)
 
 
+# ====================================================================== load: finding the folder
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$|^[\w.-]+$")
+
+
+def resolve_folder(path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | bool | None = None) -> Path:
+    """A local folder for ``path_or_repo_id``: the path itself when it exists, else a Hub snapshot."""
+    path = Path(path_or_repo_id).expanduser()
+    if readable_folder(path).exists():
+        if not readable_folder(path).is_dir():
+            raise SmashedModelLoadError(f"{path} is a file; give the folder save_pretrained wrote.")
+        return path
+    name = str(path_or_repo_id)
+    not_a_repo = SmashedModelLoadError(f"no folder at {path}, and '{name}' is not a Hub repo id (owner/name).")
+    if isinstance(path_or_repo_id, os.PathLike) or not _REPO_ID.match(name) or name.startswith((".", "~")):
+        raise not_a_repo
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:  # 'owner/..', 'a--b': the Hub's own rules
+        raise not_a_repo from None
+    try:
+        return Path(snapshot_download(name, revision=revision, token=token))
+    except GatedRepoError:
+        raise SmashedModelLoadError(f"'{name}' is gated on the Hub: accept its terms on the website, then pass token=.") from None
+    except RepositoryNotFoundError:
+        raise SmashedModelLoadError(
+            f"no folder at {path}, and no Hub repository '{name}' (or it is private: pass token=)."
+        ) from None
+    except RevisionNotFoundError:
+        raise SmashedModelLoadError(f"the Hub repository '{name}' has no revision '{revision}'.") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
+        raise SmashedModelLoadError(
+            f"no folder at {path}, and '{name}' is not (completely) in the Hub cache while the Hub cannot be reached "
+            f"({str(error).splitlines()[0]}). Connect (unset HF_HUB_OFFLINE) or pass a local folder."
+        ) from None
+    except HFValidationError as error:
+        raise SmashedModelLoadError(f"'{name}' cannot be downloaded: {error}") from None
+    except (HfHubHTTPError, OSError) as error:
+        raise SmashedModelLoadError(f"downloading '{name}' from the Hub failed: {error}") from None
+
+
+# ====================================================================== load: checks before building anything
+def _check_algorithms(manifest: dict[str, Any], folder: Path, device: str) -> list[Algorithm]:
+    """The saved algorithms, in the order applied, each checked to be installed and to run on ``device``."""
+    from smashlib import __version__
+
+    found = []
+    saved_by = manifest["saved_model"].get("versions", {}).get("smashlib", "?")
+    for entry in manifest["saved_model"]["algorithms"]:
+        name = entry["name"]
+        try:
+            algorithm = registry.get_algorithm(name)
+        except UnknownNameError:
+            raise SmashedModelLoadError(
+                f"{folder} was smashed with '{name}' (by smashlib {saved_by}), an algorithm this smashlib "
+                f"({__version__}) does not have: upgrade smashlib, or install the package that provides '{name}'."
+            ) from None
+        algorithm.validate_environment(device, context=f"{folder} was smashed with '{name}', which")
+        found.append(algorithm)
+    return found
+
+
+def _config_of(manifest: dict[str, Any], folder: Path, device: str, algorithms: list[Algorithm]) -> SmashConfig:
+    """The saved SmashConfig, checked to choose the very algorithms the manifest says were applied."""
+    path = folder / MANIFEST_FILE
+    try:
+        config = SmashConfig.from_json_dict(manifest, device=device)
+    except SmashConfigError as error:
+        raise SmashedModelLoadError(f"{path} cannot be used: {error}") from None
+    chosen = [algorithm.name for algorithm in config.chosen_algorithms()]
+    listed = [algorithm.name for algorithm in algorithms]
+    if chosen != listed:
+        raise SmashedModelLoadError(
+            f"{path} contradicts itself: field 'values' chooses {chosen or 'no algorithm'}, field "
+            f"'saved_model.algorithms' lists {listed or 'none'}. The file was edited; save the model again."
+        )
+    return config
+
+
+def _choose_device(manifest: dict[str, Any], device: str | torch.device | None) -> str:
+    if device is not None:
+        try:
+            return torch.device(device).type
+        except (RuntimeError, TypeError):
+            raise SmashedModelLoadError(f"device={device!r} is not a device: use 'cpu' or 'cuda'.") from None
+    saved = manifest.get("device", "cpu")
+    return saved if saved != "cuda" or torch.cuda.is_available() else "cpu"
+
+
+def _weights_path(folder: Path, manifest: dict[str, Any]) -> Path:
+    path = folder / manifest["saved_model"]["weights"]["file"]  # inside the folder: the schema checked the name
+    if not path.is_file():
+        raise SmashedModelLoadError(f"{path} is missing: the folder is incomplete; save or download it again.")
+    return path
+
+
+def _unreadable(path: Path, why: str) -> SmashedModelLoadError:
+    return SmashedModelLoadError(f"{path} is not a readable safetensors file ({why}); save or download it again.")
+
+
+def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """({tensor name: shape}, metadata) from a safetensors file's header alone (no tensor is read)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            start = handle.read(8)
+            if len(start) < 8:
+                raise _unreadable(path, "shorter than a header")
+            (length,) = struct.unpack("<Q", start)
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise _unreadable(path, f"its header claims {length} bytes")
+            header = json.loads(handle.read(length))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise _unreadable(path, f"header: {error}") from None
+    except OSError as error:
+        raise _unreadable(path, error.strerror or str(error)) from None
+    if type(header) is not dict:
+        raise _unreadable(path, "its header is not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    shapes = {}
+    for name, entry in header.items():
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise _unreadable(path, f"tensor '{name}' has no valid shape")
+        shapes[name] = tuple(shape)
+    if type(metadata) is not dict or not all(isinstance(v, str) for v in metadata.values()):
+        raise _unreadable(path, "its metadata is not a map of strings")
+    return shapes, metadata
+
+
+def _json_metadata(path: Path, metadata: Mapping[str, str], key: str, kind: type) -> Any:
+    """A JSON value smashlib keeps in the weights' metadata: {alias: name} or {algorithm: [names]}."""
+    if key not in metadata:
+        return None
+    try:
+        value = json.loads(metadata[key])
+    except (json.JSONDecodeError, RecursionError):
+        value = None
+    items = value.values() if type(value) is dict else None
+    well_formed = items is not None and all(
+        isinstance(v, str) if kind is str else (type(v) is list and all(isinstance(n, str) for n in v)) for v in items
+    )
+    if not well_formed:
+        raise SmashedModelLoadError(
+            f"{path} is damaged: its metadata '{key}' is not a map of {'names' if kind is str else 'name lists'}; "
+            "save or download it again."
+        )
+    return value
+
+
+def _numbered_blocks(names) -> dict[str, int]:
+    """{prefix: how many numbered children the names hold}, e.g. {'model.layers': 2} for model.layers.0/1.*"""
+    counts: dict[str, int] = {}
+    for name in names:
+        parts = name.split(".")
+        for index, part in enumerate(parts[:-1]):
+            if part.isdigit():
+                prefix = ".".join(parts[:index])
+                counts[prefix] = max(counts.get(prefix, 0), int(part) + 1)
+    return counts
+
+
+def check_header_fits(
+    skeleton: torch.nn.Module, shapes: Mapping[str, tuple[int, ...]], owners: Mapping[str, list[str]] | None,
+    stateful: bool, folder: Path, weights: Path,
+) -> None:
+    """Refuse a config.json that disagrees with the weights' header before any algorithm's hook runs.
+
+    What is compared: the length of every numbered block list (a config claiming 3000 layers for 2 saved
+    ones is refused in seconds, not after minutes of building quantized layers) and the shape of every
+    saved tensor no algorithm restructured. Names only the real load can judge (tensors an algorithm
+    creates, extra entries a module consumes itself) are left to it.
+    """
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    saved_blocks, built_blocks = _numbered_blocks(shapes), _numbered_blocks(expected)
+    problems = [
+        f"{path} has {built_blocks[path]} blocks in config.json, {count} in the weights"
+        for path, count in saved_blocks.items()
+        if path in built_blocks and built_blocks[path] != count
+    ]
+    if owners is not None or not stateful:
+        owned = {name for names in (owners or {}).values() for name in names}
+        problems += [
+            f"{name} {shape} in the weights, {expected[name]} from config.json"
+            for name, shape in shapes.items()
+            if name not in owned and name in expected and expected[name] != shape
+        ]
+    if problems:
+        raise SmashedModelLoadError(
+            f"{weights} does not fit {folder / 'config.json'}: {_some(problems, 5)}. config.json was edited or "
+            "belongs to another model; save or download the folder again."
+        )
+
+
+# ====================================================================== load: the weights
+def _read_weights(path: Path, manifest: dict[str, Any], device: str, verify: bool) -> dict[str, torch.Tensor]:
+    """The saved tensors, each in memory of its own (aligned as torch allocates it, not a view into the file)."""
+    expected = manifest["saved_model"]["weights"]["sha256"]
+    if verify and file_sha256(path) != expected:
+        raise SmashedModelLoadError(
+            f"{path} is corrupt: its checksum differs from the one in {MANIFEST_FILE}. Save or download it again."
+        )
+    state = {}
+    try:
+        with safe_open(str(path), framework="pt", device=device) as handle:
+            for name in handle.keys():  # noqa: SIM118 - the handle is not iterable
+                tensor = handle.get_tensor(name)
+                # on the CPU these are views into the file at whatever offset it gives (24, 40 bytes...), and
+                # torch picks other kernels for unaligned data: a loaded fp32 BERT differed by 3.7e-9 from the
+                # saved one. A copy is the model's own memory, aligned as torch allocates it.
+                state[name] = tensor.clone(memory_format=torch.contiguous_format) if device == "cpu" else tensor
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise _unreadable(path, str(error)) from None
+    return state
+
+
+def _put_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path, algorithms) -> None:
+    """Load ``state`` into ``model`` (its tensors become the model's, no copy), or say clearly what does not fit."""
+
+    def refuse(problems: str) -> SmashedModelLoadError:
+        names = ", ".join(a.name for a, _ in algorithms) or "no algorithm"
+        return SmashedModelLoadError(
+            f"the weights in {folder} do not fit the model rebuilt from its config.json and algorithms ({names}): "
+            f"{problems}. The folder is damaged or was written by an incompatible smashlib; if you passed model=, "
+            "it must have the architecture of the model that was smashed."
+        )
+
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as error:  # size mismatches: torch lists them, one per line
+        lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        raise refuse("; ".join(lines[:5]) + (f" (+{len(lines) - 5} more)" if len(lines) > 5 else "")) from None
+    problems = _fit_problems(result.missing_keys, result.unexpected_keys)
+    if problems:
+        raise refuse(problems)
+
+
 def _attach_components(config: SmashConfig, folder: Path, files: Mapping[str, bool], trust_remote_code: bool) -> None:
-    if files.get("tokenizer"):
-        from transformers import AutoTokenizer
+    for name, loader in (("tokenizer", "AutoTokenizer"), ("processor", "AutoProcessor")):
+        if not files.get(name):
+            continue
+        import transformers
 
-        config.components.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    if files.get("processor"):
-        from transformers import AutoProcessor
+        try:
+            component = getattr(transformers, loader).from_pretrained(folder, trust_remote_code=trust_remote_code)
+        except Exception as error:  # noqa: BLE001 - odd or missing files: transformers raises many kinds
+            raise SmashedModelLoadError(
+                f"the {name} files in {folder} cannot be read ({type(error).__name__}: {error}); save or download the "
+                f"folder again, or set 'saved_model.files.{name}' to false in {MANIFEST_FILE} to load without it."
+            ) from None
+        setattr(config.components, name, component)
 
-        config.components.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+def _generation_config(model: torch.nn.Module, folder: Path) -> None:
+    """The saved generation_config.json when there is one (a folder without it loads with the model's defaults)."""
+    if not (folder / "generation_config.json").is_file() or not hasattr(model, "generation_config"):
+        return
+    from transformers import GenerationConfig
+
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    except Exception as error:  # noqa: BLE001 - not JSON, wrong fields
+        raise SmashedModelLoadError(
+            f"{folder / 'generation_config.json'} cannot be read ({type(error).__name__}: {error}); fix or delete it."
+        ) from None
 
 
 def load_smashed_model(
@@ -447,35 +730,41 @@ def load_smashed_model(
     revision: str | None = None,
     token: str | bool | None = None,
     verify_checksum: bool = True,
-) -> SmashedModel:
-    """Load a folder written by :func:`save_smashed_model`, or a Hub repository holding one."""
-    from smashlib.hub import resolve_folder
-    from smashlib.model import SmashedModel
+) -> tuple[torch.nn.Module, SmashConfig]:
+    """(model, SmashConfig) of a folder written by :func:`save_smashed_model`, or of a Hub repository holding one.
 
+    ``SmashedModel.from_pretrained`` wraps the pair.
+    """
     folder = readable_folder(resolve_folder(path_or_repo_id, revision=revision, token=token))
     manifest = read_manifest(folder)
     saved = manifest["saved_model"]
     device = _choose_device(manifest, device)
     checked = _check_algorithms(manifest, folder, device)
-    try:
-        config = SmashConfig.from_json_dict(manifest, device=device)
-    except SmashConfigError as error:
-        raise SmashedModelLoadError(f"{folder / MANIFEST_FILE} cannot be used: {error}") from None
+    config = _config_of(manifest, folder, device, checked)
     # settings from the config, so a hyperparameter added since the save gets its default
     algorithms = [(algorithm, config.settings_for(algorithm)) for algorithm in checked]
+    weights = _weights_path(folder, manifest)
+    shapes, metadata = read_header(weights)
+    tied = _json_metadata(weights, metadata, TIED_KEY, str) or {}
+    owners = _json_metadata(weights, metadata, OWNERS_KEY, list)
     if model is None:
-        description = saved.get("model", {})
+        description = saved["model"]
         cls, model_config = model_class(description, folder, trust_remote_code)
         model = build_skeleton(cls, model_config, description.get("attn_implementation"))
     elif not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"model= takes a torch.nn.Module with the smashed model's architecture, not {type(model).__name__}.")
+    check_header_fits(model, shapes, owners, any(a.saves_state for a in checked), folder, weights)
     # on the meta device, layers an algorithm creates hold no memory until the saved tensors are assigned:
     # allocating them for real (zeros) only to throw them away cost 3 of SmolLM2's 4 s of loading
     with torch.device("meta"):
         for algorithm, settings in algorithms:
             if algorithm.saves_state:
                 model = _run_hook(algorithm, "prepare_for_loading", model, settings)
-    state, tied = _read_weights(folder, manifest, device, verify_checksum)
+    state = _read_weights(weights, manifest, device, verify_checksum)
+    for alias, kept in tied.items():
+        if kept not in state:
+            raise SmashedModelLoadError(f"{weights} is damaged: '{alias}' is tied to '{kept}', which it does not hold.")
+        state[alias] = state[kept]
     _put_weights(model, state, folder, algorithms)
     retie(model, tied)
     model = model.to(device).eval()
@@ -485,11 +774,9 @@ def load_smashed_model(
             f"after loading, {', '.join(still_empty[:5])} hold no data (meta tensors not in the saved weights): an "
             "algorithm's prepare_for_loading created tensors it does not save; they must be computed in after_loading."
         )
-    if saved.get("files", {}).get("generation_config") and hasattr(model, "generation_config"):
-        from transformers import GenerationConfig
-
-        model.generation_config = GenerationConfig.from_pretrained(folder)
+    if saved.get("files", {}).get("generation_config", True):
+        _generation_config(model, folder)
     for algorithm, settings in algorithms:
         model = _run_hook(algorithm, "after_loading", model, settings)
     _attach_components(config, folder, saved.get("files", {}), trust_remote_code)
-    return SmashedModel(model, config)
+    return model, config

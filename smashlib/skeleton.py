@@ -62,6 +62,8 @@ def describe_model(model: torch.nn.Module) -> dict[str, Any]:
         "auto_class": getattr(model, "_auto_class", None) if library == CUSTOM_CODE else None,
         "attn_implementation": getattr(config, "_attn_implementation", None) if config is not None else None,
         "dtype": dtype_name(model),
+        # where the model came from (a Hub id or a path), for the model card's base_model
+        "source": (getattr(config, "_name_or_path", None) or None) if config is not None else None,
     }
 
 
@@ -77,6 +79,12 @@ def model_class(description: dict[str, Any], folder: Path, trust_remote_code: bo
     import transformers
 
     library, name = description.get("library"), description.get("class")
+    if library in (TRANSFORMERS, CUSTOM_CODE) and not (folder / "config.json").is_file():
+        # transformers would quietly build its default configuration (a 32000-token Llama) instead
+        raise SmashedModelLoadError(
+            f"{folder / 'config.json'} is missing: the folder is incomplete (a {name} is rebuilt from it). "
+            "Save or download the folder again, or build the model yourself and pass it as model=."
+        )
     if library == TRANSFORMERS:
         cls = getattr(transformers, str(name), None)
         if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
@@ -121,8 +129,15 @@ def build_skeleton(cls: type, config: Any, attn_implementation: str | None = Non
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     # _from_config applies config.dtype as the default dtype while building, as from_pretrained does,
     # so buffers created from the default dtype come out as in the saved model
-    with _no_init_weights(), init_empty_weights(include_buffers=False):
-        model = cls._from_config(copy.deepcopy(config), **kwargs)
+    try:
+        with _no_init_weights(), init_empty_weights(include_buffers=False):
+            model = cls._from_config(copy.deepcopy(config), **kwargs)
+    except Exception as error:  # noqa: BLE001 - a config transformers refuses, whatever the exception
+        raise SmashedModelLoadError(
+            f"transformers cannot build a {cls.__name__} from this config.json"
+            f"{f' with attn_implementation={attn_implementation!r}' if attn_implementation else ''}: "
+            f"{type(error).__name__}: {error}"
+        ) from None
     # no_init_weights also skips the tying that init_weights does; tie as a built model is tied, since
     # an algorithm's prepare_for_loading may ask (is lm_head's weight the embedding's?)
     model.tie_weights()

@@ -151,29 +151,34 @@ def test_default_commit_message_names_smashlib(fake_hub):
 
 
 def test_model_card_carries_the_report_figures(tmp_path):
+    from smashlib import Report
+    from smashlib.evaluation.metrics.base import Quantity
+
     smashed = smashed_llama()
-
-    class Report:  # what the evaluation API's report offers
-        def to_markdown(self):
-            return "| metric | base | smashed |\n|---|---|---|\n| latency p50 (ms) | 12.0 | 4.0 |"
-
-    smashed.report = Report()
+    quantity = Quantity(key="latency_p50_ms", label="latency p50", unit="ms", lower_is_better=True)
+    smashed.report = Report(models=["base", "smashed"], quantities=[quantity],
+                            values={"base": {"latency_p50_ms": 12.0}, "smashed": {"latency_p50_ms": 4.0}})
     assert "report" not in vars(smashed.model)  # kept on the SmashedModel, not pushed into the torch module
     folder = smashed.save_pretrained(tmp_path / "saved")
-    card = model_card(smashed, "me/x", read_manifest(folder))
-    assert "## Measured" in card and "latency p50 (ms) | 12.0 | 4.0" in card
-
-    class JsonOnly:
-        def to_json(self):
-            return json.dumps({"perplexity": {"base": 10.0, "smashed": 10.4}})
+    # kept as JSON in smash_config.json; the card is rendered from it at push time
+    assert read_manifest(folder)["saved_model"]["report"]["json"]["values"]["smashed"] == {"latency_p50_ms": 4.0}
+    card = model_card(read_manifest(folder), "me/x")
+    assert "## Measured" in card and "latency p50" in card and "12" in card and "4" in card
 
     # the figures are saved with the model, so a card made after reloading still has them
     reloaded = SmashedModel.from_pretrained(folder)
     assert reloaded.report is None
-    assert "latency p50 (ms) | 12.0 | 4.0" in model_card(reloaded, "me/x", read_manifest(folder))
+    again = reloaded.save_pretrained(tmp_path / "again")
+    assert "## Measured" not in model_card(read_manifest(again), "me/x")  # no report attached: none claimed
+    assert model_card(read_manifest(folder), "me/x") == card
+
+    class JsonOnly:  # any report offering to_json is kept as its JSON
+        def to_json(self):
+            return json.dumps({"perplexity": {"base": 10.0, "smashed": 10.4}})
 
     smashed.report = JsonOnly()
-    assert '"perplexity"' in model_card(smashed, "me/x", read_manifest(folder))
+    folder = smashed.save_pretrained(tmp_path / "saved")
+    assert '"perplexity"' in model_card(read_manifest(folder), "me/x")
 
 
 def test_repo_id_resolved_from_the_hub_cache_offline(hub_cache, tmp_path):

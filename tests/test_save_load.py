@@ -346,7 +346,7 @@ def test_a_failing_save_leaves_the_old_folder(saved_int8, copy_of, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(serialization, "_write_manifest", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SmashError, match=f"cannot write the saved model to {copy_of}: disk full"):
         smashed_tiny("llama", {"quantizer": "half"}).save_pretrained(copy_of)
     assert (copy_of / "model.safetensors").read_bytes() == before
     assert not [p for p in copy_of.parent.iterdir() if p.name.startswith(".")]

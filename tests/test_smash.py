@@ -20,7 +20,7 @@ def test_smashed_model_behaves_like_the_wrapped_model():
     out = smashed.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape == (2, inputs["input_ids"].shape[1] + 3)
     assert smashed.config is model.config  # attribute access goes to the model
-    assert smashed.smash_config is cfg
+    assert smashed.smash_config == cfg and smashed.smash_config is not cfg  # its own frozen copy
     assert "torch_unstructured" in repr(smashed) and "LlamaForCausalLM" in repr(smashed)
     smashed.foo_flag = 3  # attributes set on the wrapper land on the model
     assert model.foo_flag == 3
