@@ -28,7 +28,9 @@ from smashlib.errors import (
 from smashlib.targets import is_target_modules_hyperparameter, normalize_target_value
 
 #: Version of the JSON layout written by save_json; loading a newer one is refused with a clear error.
-SCHEMA_VERSION = 1
+#: 2: layer choices became ``<algorithm>_target_modules`` (smashlib.targets); older values are mapped by
+#: each algorithm's ``upgrade_settings`` when read.
+SCHEMA_VERSION = 2
 DEVICES = ("cpu", "cuda")
 
 
@@ -65,6 +67,23 @@ def _coerce(hyperparameter: Any, value: Any) -> Any:
     if "Float" in kind and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def upgrade_values(values: Mapping[str, Any], schema_version: int) -> dict[str, Any]:
+    """``values`` saved under an older schema, each chosen algorithm's settings mapped to today's names by
+    its ``Algorithm.upgrade_settings`` (unknown algorithms are left for the usual error)."""
+    values = dict(values)
+    if schema_version >= SCHEMA_VERSION:
+        return values
+    for group in GROUP_ORDER:
+        name = values.get(group)
+        if not isinstance(name, str) or name not in registry.algorithms():
+            continue
+        prefix = f"{name}_"
+        own = {key[len(prefix):]: values.pop(key) for key in list(values) if key.startswith(prefix)}
+        upgraded = registry.get_algorithm(name).upgrade_settings(own, schema_version)
+        values.update({prefix + key: value for key, value in upgraded.items()})
+    return values
 
 
 class SmashConfig(Mapping):
@@ -244,7 +263,7 @@ class SmashConfig(Mapping):
                 f"this SmashConfig was written with schema version {version!r} (by smashlib "
                 f"{payload.get('smashlib_version', '?')}); this smashlib reads up to {SCHEMA_VERSION}: upgrade smashlib."
             )
-        config = cls(payload.get("values", {}), device=device or payload.get("device"))
+        config = cls(upgrade_values(payload.get("values", {}), version), device=device or payload.get("device"))
         config.components.descriptions.update(payload.get("components", {}))
         return config
 

@@ -24,7 +24,14 @@ import torch
 from torch import nn
 
 from smashlib.errors import HyperparameterValueError, MissingPackageError
-from smashlib.gptq.layerwise import Grid, block_layer_names, find_layout, output_head_name, tie_embedding, tied_input_embedding
+from smashlib.gptq.layerwise import (
+    Grid,
+    block_layer_names,
+    find_layout,
+    output_head_name,
+    tie_embedding,
+    tied_input_embedding,
+)
 from smashlib.layers.packed_int import PackedLinear
 from smashlib.modules import replace_module
 
@@ -45,10 +52,15 @@ def check_available(settings: Mapping[str, Any]) -> None:
             f"gptq_backend='gptqmodel' handles gptq_weight_bits in {CHECKPOINT_BITS}, not {settings['weight_bits']}: "
             "use gptq_backend='torch' for 3 bits."
         )
-    if settings["output_head"] == "int8":
+    if settings["output_head_precision"] == "int8":
         raise HyperparameterValueError(
             "gptq_backend='gptqmodel' quantizes the output head with the other layers or not at all: set "
-            "gptq_output_head to 'weight_bits' or 'keep' (or use gptq_backend='torch' for an int8 head)."
+            "gptq_output_head_precision='weight_bits' (or use gptq_backend='torch' for an int8 head)."
+        )
+    if settings["target_modules"] not in ("all_linear", "all_but_output_head"):
+        raise HyperparameterValueError(
+            "gptq_backend='gptqmodel' quantizes every layer of every block: set gptq_target_modules to "
+            "'all_linear' or 'all_but_output_head' (or use gptq_backend='torch' to choose layers)."
         )
 
 

@@ -107,7 +107,7 @@ def _group_bounds(columns: int, group_size: int) -> int:
 def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int) -> QuantizedWeight:
     """Round-to-nearest on the same grid as GPTQ: the baseline GPTQ must beat."""
     weight = weight.detach().float()
-    rows, columns = weight.shape
+    _, columns = weight.shape
     size = _group_bounds(columns, group_size)
     q = torch.empty_like(weight, dtype=torch.uint8)
     scales, zeros = [], []

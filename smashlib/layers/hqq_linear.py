@@ -24,8 +24,10 @@ import math
 import torch
 from torch import nn
 
+from smashlib.layers.kernels import INT4_CPU_GROUPS, int4_cpu_fits, int4_cpu_matmul, int4_cpu_pack
+
 #: Group sizes the int4 CPU kernel accepts.
-TINYGEMM_GROUP_SIZES = (32, 64, 128, 256)
+TINYGEMM_GROUP_SIZES = tuple(sorted(INT4_CPU_GROUPS))
 
 
 def _hqq_quantizer():
@@ -63,6 +65,11 @@ def tinygemm_supported(nbits: int, axis: int, group_size: int) -> bool:
     return nbits == 4 and axis == 1 and group_size in TINYGEMM_GROUP_SIZES
 
 
+def tinygemm_layer_supported(in_features: int, out_features: int, group_size: int) -> bool:
+    """Whether the int4 CPU kernel takes a layer of this shape (whole groups per row, rows in tiles of 16)."""
+    return int4_cpu_fits(in_features, out_features, group_size)
+
+
 def dequantize_codes(
     W_q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, nbits: int, group_size: int, axis: int,
     out_features: int, in_features: int, dtype: torch.dtype,
@@ -86,7 +93,7 @@ def hqq_int4_linear(
     """x @ W.T on the int4 CPU kernel (bf16 in and out). An opaque op for torch.compile, with a backward
     (through the dequantized weight) so that gradients reach layers before it (adapters, recovery)."""
     flat = x.reshape(-1, x.shape[-1])
-    out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, group_size, scales_and_offsets)
+    out = int4_cpu_matmul(flat, packed, group_size, scales_and_offsets)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -181,15 +188,14 @@ class HQQPackedLinear(nn.Module):
 
     def pack_for_kernel(self) -> None:
         """Build the int4 CPU kernel's weight and scale/offset tensors from the saved codes."""
-        if not tinygemm_supported(self.nbits, self.axis, self.group_size) or self.in_features % self.group_size:
-            self.backend = "dequantize"
+        if not tinygemm_supported(self.nbits, self.axis, self.group_size) or not tinygemm_layer_supported(
+            self.in_features, self.out_features, self.group_size
+        ):
+            self.backend = "dequantize"  # e.g. a classifier head with 2 outputs: the kernel wants rows in 16s
             return
-        codes = self.codes().to(torch.int32)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-        scale = self.scale.float().reshape(self.out_features, -1)
-        offset = (8 - self.zero.float().reshape(self.out_features, -1)) * scale
-        scales_and_offsets = torch.stack([scale, offset], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
-        self._kernel = (packed, scales_and_offsets)
+        self._kernel = int4_cpu_pack(
+            self.codes(), self.scale.reshape(self.out_features, -1), self.zero.reshape(self.out_features, -1)
+        )
 
     def _forget_kernel(self, *args, **kwargs) -> None:
         self._kernel = None

@@ -26,6 +26,8 @@ import math
 import torch
 from torch import nn
 
+from smashlib.layers.tied_embedding import TiedEmbedding
+
 SUPPORTED_BITS = (2, 3, 4, 8)
 SCALE_DTYPE = torch.bfloat16
 #: Rows converted at a time when packing, to bound the temporary int32 copy of a large matrix.
@@ -212,26 +214,28 @@ class PackedLinear(nn.Module):
         )
 
 
-class PackedEmbedding(nn.Module):
+class PackedEmbedding(TiedEmbedding):
     """An embedding that reads its table from a :class:`PackedLinear` output head it is tied to.
 
-    Models like SmolLM2 use one matrix as input embedding and output head. Once the head is
-    quantized, the embedding looks up and dequantizes the head's rows instead of keeping its own copy,
-    so the table is stored once, packed. The head is held as a plain reference, not a submodule, so
-    the state dict holds its tensors once.
+    Once the head is quantized, the embedding looks up and dequantizes the head's rows instead of
+    keeping its own copy, so the table is stored once, packed. The head is held as a plain reference,
+    not a submodule, so the state dict holds its tensors once.
     """
 
-    def __init__(self, head: PackedLinear, padding_idx: int | None = None, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
+    def __init__(self, head: PackedLinear, padding_idx: int | None = None, dtype: torch.dtype = torch.float32,
+                 scale: float | None = None) -> None:
+        super().__init__(head.out_features, head.in_features, dtype, padding_idx, scale)
         object.__setattr__(self, "_head", head)
-        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
-        self.padding_idx, self.dtype = padding_idx, dtype
 
     @property
     def head(self) -> PackedLinear:
         return self._head
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    @property
+    def dtype(self) -> torch.dtype:  # the name this class used before it shared TiedEmbedding's
+        return self.output_dtype
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
         head = self._head
         flat = ids.reshape(-1)
         q = unpack_bits(head.qweight.index_select(0, flat), head.bits, head.in_features)
@@ -242,7 +246,7 @@ class PackedEmbedding(nn.Module):
             original = torch.empty_like(rows)
             original[:, head.perm.long()] = rows
             rows = original
-        return rows.to(self.dtype).reshape(*ids.shape, head.in_features)
+        return rows.reshape(*ids.shape, head.in_features)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, tied to a packed {self._head.bits}-bit head"
+        return f"{self.num_embeddings}, {self.embedding_dim}, tied to a packed {self._head.bits}-bit head{self.describe_scale()}"
