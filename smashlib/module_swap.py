@@ -24,7 +24,7 @@ from torch import nn
 
 from smashlib.algorithm import Algorithm
 from smashlib.modules import replace_module
-from smashlib.targets import tied_embeddings
+from smashlib.targets import is_nn_linear, tied_embeddings
 
 #: keep_full_precision (torch_dynamic, torchao, quanto; schema 1) -> target_modules preset.
 KEEP_FULL_PRECISION_TO_TARGETS = {
@@ -106,3 +106,20 @@ class ModuleSwapQuantizer(Algorithm):
                 replace_module(model, path, original)
             raise
         return len(names)
+
+
+class NnLinearQuantizer(Algorithm):
+    """Base of the quantizers that quantize plain nn.Linear weights in place through their own library
+    (torchao's tensor subclasses, quanto's QLinear): no counterpart of transformers' Conv1D, and the
+    schema-1 ``keep_full_precision`` setting upgraded to ``target_modules``."""
+
+    group: ClassVar[str] = "quantizer"
+    target_layer_kind: ClassVar[str] = "nn.Linear layers (not transformers' Conv1D)"
+
+    def accepts_layer(self, module: nn.Module) -> bool:
+        """Only plain nn.Linear: the library has no counterpart of transformers' Conv1D (GPT-2's layers)."""
+        return is_nn_linear(module)
+
+    @classmethod
+    def upgrade_settings(cls, settings: dict[str, Any], schema_version: int) -> dict[str, Any]:
+        return upgrade_keep_settings(settings, schema_version)

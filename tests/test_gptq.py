@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from smashlib import SmashConfig, SmashedModel, smash
 from smashlib.data import pack_texts
-from smashlib.errors import MissingComponentError, SmashConfigError, MissingPackageError, UnsupportedModelError
+from smashlib.errors import MissingComponentError, MissingPackageError, SmashConfigError, UnsupportedModelError
 from smashlib.gptq.layerwise import Grid, quantize_model
 from smashlib.gptq.solver import HessianAccumulator, gptq_quantize, rtn_quantize
 from smashlib.layers.packed_int import PackedEmbedding, PackedLinear, pack_bits, packed_length, unpack_bits

@@ -72,6 +72,7 @@ def add_outlier_channels(model: nn.Module, channels=(3, 17), factor: float = 60.
 
 def int8_error(model: nn.Module, inputs) -> float:
     from smashlib.algorithms.quantizer.torch_dynamic import quantize_linears
+
     from smashlib.targets import resolve_targets
 
     reference = logits(model, inputs)

@@ -130,3 +130,18 @@ def test_torch_embedding_tie_through_a_copied_parameter_object():
     model = nn.ModuleDict({"embed": embedding, "head": head})
     assert tied_embeddings(model, ["head"]) == {"head": ["embed"]}
     assert torch.equal(model["head"].weight, model["embed"].weight)
+
+
+def test_torch_dynamic_prepares_a_skeleton_in_time_linear_in_its_layers():
+    """issue 11 item 7: a folder claiming 3000 layers took 626 s (one scan of every module per Linear)."""
+    from smashlib.registry import get_algorithm
+
+    def seconds(layers: int) -> float:
+        with torch.device("meta"):
+            model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(layers)])
+            start = time.perf_counter()
+            get_algorithm("torch_dynamic").prepare_for_loading(model, {"target_modules": "all_linear"})
+        return time.perf_counter() - start
+
+    small, large = seconds(100), seconds(1000)
+    assert large < 30 * small + 0.5, (small, large)  # quadratic would be ~100x

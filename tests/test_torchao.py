@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("torchao", reason="torchao is not installed: pip install 'smashlib[torchao]'")
 
-from smashlib import SmashConfig, SmashedModel, smash  # noqa: E402
-from smashlib.errors import HyperparameterValueError, MissingComponentError, UnsupportedDeviceError  # noqa: E402
-from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer  # noqa: E402
+from smashlib import SmashConfig, SmashedModel, smash
+from smashlib.errors import HyperparameterValueError, MissingComponentError, UnsupportedDeviceError
+from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer
 
 STORED_DTYPE = {"int8wo": torch.int8, "int8dq": torch.int8, "fp8wo": torch.float8_e4m3fn}
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
-from smashlib.algorithm import Algorithm
 from smashlib.errors import HyperparameterValueError, UnsupportedModelError
 from smashlib.layers.quanto_linear import make_inference_safe
-from smashlib.module_swap import upgrade_keep_settings
-from smashlib.targets import is_nn_linear, target_modules_hyperparameter
+from smashlib.module_swap import NnLinearQuantizer
+from smashlib.targets import target_modules_hyperparameter
 
 WEIGHT_TYPES = ("qint8", "qint4", "qint2", "qfloat8")
 ACTIVATION_TYPES = ("none", "qint8")
@@ -45,7 +44,7 @@ def quanto_quantize(model: nn.Module, settings: dict, names: list[str]) -> None:
             model.get_submodule(name).disable_output_quantization()
 
 
-class Quanto(Algorithm):
+class Quanto(NnLinearQuantizer):
     name = "quanto"
     group = "quantizer"
     runs_on = ("cpu", "cuda")
@@ -60,16 +59,6 @@ class Quanto(Algorithm):
         Integer("calibration_samples", (1, 1024), default=32, log=True),
         target_modules_hyperparameter("all_but_output_head"),
     )
-
-    target_layer_kind = "nn.Linear layers (not transformers' Conv1D)"
-
-    def accepts_layer(self, module: nn.Module) -> bool:
-        """Only plain nn.Linear: it has no counterpart of transformers' Conv1D (GPT-2's layers)."""
-        return is_nn_linear(module)
-
-    @classmethod
-    def upgrade_settings(cls, settings, schema_version):
-        return upgrade_keep_settings(settings, schema_version)
 
     def required_components(self, settings: dict) -> tuple[str, ...]:
         """Calibrated activations need text to calibrate on; weight-only quantization needs nothing."""

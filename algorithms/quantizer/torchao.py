@@ -18,11 +18,10 @@ import torch
 from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
-from smashlib.algorithm import Algorithm
 from smashlib.errors import HyperparameterValueError, UnsupportedDeviceError, UnsupportedModelError
 from smashlib.layers.flat_subclass_state import keep_state_flat
-from smashlib.module_swap import upgrade_keep_settings
-from smashlib.targets import is_nn_linear, target_modules_hyperparameter
+from smashlib.module_swap import NnLinearQuantizer
+from smashlib.targets import target_modules_hyperparameter
 
 #: quant_type -> (devices it runs on, what it does)
 QUANT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -69,7 +68,7 @@ def torchao_config(quant_type: str, group_size: int) -> Any:
     raise ValueError(f"unknown torchao quant_type {quant_type!r}: one of {', '.join(QUANT_TYPES)}")
 
 
-class TorchAO(Algorithm):
+class TorchAO(NnLinearQuantizer):
     name = "torchao"
     group = "quantizer"
     runs_on = ("cpu", "cuda")
@@ -84,16 +83,6 @@ class TorchAO(Algorithm):
         Float("smoothquant_alpha", (0.0, 1.0), default=0.5),
         Integer("calibration_samples", (1, 1024), default=32, log=True),
     )
-
-    target_layer_kind = "nn.Linear layers (not transformers' Conv1D)"
-
-    def accepts_layer(self, module: nn.Module) -> bool:
-        """Only plain nn.Linear: it has no counterpart of transformers' Conv1D (GPT-2's layers)."""
-        return is_nn_linear(module)
-
-    @classmethod
-    def upgrade_settings(cls, settings, schema_version):
-        return upgrade_keep_settings(settings, schema_version)
 
     def required_components(self, settings: dict) -> tuple[str, ...]:
         """SmoothQuant needs text to measure activations on; every other setting needs nothing."""

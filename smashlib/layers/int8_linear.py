@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from smashlib.layers.quantized_linear import QuantizedLinear
 from smashlib.layers.tied_embedding import TiedEmbedding
 from smashlib.targets import is_linear  # noqa: F401  (re-exported: the one linear test lives in smashlib.targets)
 
@@ -119,12 +120,14 @@ def _input_gradient(ctx, grad):
 int8_dynamic_linear.register_autograd(_input_gradient, setup_context=_save_weight)
 
 
-class Int8DynamicLinear(_Float32Scales):
-    """Drop-in replacement of nn.Linear (CPU) with int8 weights and dynamically quantized activations."""
+class Int8DynamicLinear(QuantizedLinear, _Float32Scales):
+    """Drop-in replacement of nn.Linear (CPU) with int8 weights and dynamically quantized activations.
+
+    Its fbgemm packed weight is cached beside the weight tensor (``packed_weight``), not in the module's
+    kernel slot: the custom op torch.compile sees takes tensors, and finds the packed form from them."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        super().__init__(in_features, out_features)
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
@@ -145,6 +148,9 @@ class Int8DynamicLinear(_Float32Scales):
         if linear.bias is not None:
             layer.bias = linear.bias.detach().float().clone()
         return layer
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.weight.float() * self.weight_scale[:, None]).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = int8_dynamic_linear(x.float(), self.weight, self.weight_scale, self.bias, self.reduce_range)
