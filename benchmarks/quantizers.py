@@ -51,7 +51,7 @@ RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("fp32 + torch_compile", COMPILE),
     ("bf16 + torch_compile", {"quantizer": "half", "half_dtype": "bfloat16", **COMPILE}),
     ("torch_dynamic int8", {"quantizer": "torch_dynamic"}),
-    ("torch_dynamic int8 + smoothquant", {"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none",
+    ("torch_dynamic int8 + smoothquant", {"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear",
                                           "torch_dynamic_smoothquant": True}),
     ("torchao int8wo", {"quantizer": "torchao", "torchao_quant_type": "int8wo"}),
     ("torchao int8dq", {"quantizer": "torchao", "torchao_quant_type": "int8dq"}),

@@ -26,15 +26,18 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from smashlib.module_swap import KEEP_FULL_PRECISION_TO_TARGETS
+
 #: label -> SmashConfig values. "fp32" (no algorithm) is the reference of every ratio.
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {},
     "bf16 (half)": {"quantizer": "half", "half_dtype": "bfloat16"},
 }
-for _keep in ("none", "output_head", "outlier_layers", "outlier_layers_and_output_head"):
-    VARIANTS[_keep] = {"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": _keep}
+#: labels keep the names of the layers left in fp32 (the docs' table); the values are target_modules presets
+for _keep, _targets in KEEP_FULL_PRECISION_TO_TARGETS.items():
+    VARIANTS[_keep] = {"quantizer": "torch_dynamic", "torch_dynamic_target_modules": _targets}
     VARIANTS[f"{_keep} + smoothquant"] = {
-        "quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": _keep, "torch_dynamic_smoothquant": True,
+        "quantizer": "torch_dynamic", "torch_dynamic_target_modules": _targets, "torch_dynamic_smoothquant": True,
     }
 
 DATASET = "PydocTopics"

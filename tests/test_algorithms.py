@@ -99,18 +99,18 @@ def test_half_float16_warns_on_a_cpu_without_fp16_units(monkeypatch):
 
 
 # ====================================================================== torch_dynamic
-@pytest.mark.parametrize("keep", ["none", "outlier_layers"])
-def test_torch_dynamic_makes_linears_int8(tiny_model_name, keep):
+@pytest.mark.parametrize("targets", ["all_linear", "all_but_outlier_layers"])
+def test_torch_dynamic_makes_linears_int8(tiny_model_name, targets):
     model = build_tiny(tiny_model_name)
     inputs = tiny_inputs(tiny_model_name)
     reference = logits(model, inputs)
     before = weight_footprint(model)[0]
-    cfg = SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": keep}, device="cpu")
+    cfg = SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": targets}, device="cpu")
     smashed = smash(model, cfg, verbose=False)
     int8 = [m for m in smashed.modules() if isinstance(m, Int8DynamicLinear)]
     assert int8 and all(m.weight.dtype == torch.int8 and m.weight_scale.dtype == torch.float32 for m in int8)
     left = [name for name, m in smashed.named_modules() if is_linear(m)]
-    if keep == "none":
+    if targets == "all_linear":
         assert left == []  # every Linear (GPT-2's Conv1D included) is int8
         assert weight_footprint(smashed)[0] < 0.5 * before
     else:
@@ -122,7 +122,7 @@ def test_torch_dynamic_makes_linears_int8(tiny_model_name, keep):
 def test_torch_dynamic_keeps_a_tied_head_tied_as_one_int8_matrix():
     model = build_tiny("llama")  # tie_word_embeddings=True
     rows = model.get_input_embeddings().weight.detach().clone()
-    smashed = smash(model, SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none"},
+    smashed = smash(model, SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear"},
                                        device="cpu"), verbose=False)
     embedding, head = smashed.get_input_embeddings(), smashed.lm_head
     assert isinstance(embedding, Int8Embedding) and isinstance(head, Int8DynamicLinear)
@@ -133,7 +133,7 @@ def test_torch_dynamic_keeps_a_tied_head_tied_as_one_int8_matrix():
 
 def test_torch_dynamic_replaces_every_path_to_a_shared_embedding():
     """T5 reaches one embedding as shared, encoder.embed_tokens and decoder.embed_tokens."""
-    smashed = smash(build_tiny("t5"), SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none"},
+    smashed = smash(build_tiny("t5"), SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear"},
                                                     device="cpu"), verbose=False)
     assert not [name for name, m in smashed.model.named_modules(remove_duplicate=False) if type(m) is nn.Embedding
                 and not name.endswith("relative_attention_bias")]
@@ -142,7 +142,7 @@ def test_torch_dynamic_replaces_every_path_to_a_shared_embedding():
 
 def test_torch_dynamic_output_head_preset_keeps_head_and_embeddings():
     model = build_tiny("llama")
-    cfg = SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "output_head"}, device="cpu")
+    cfg = SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_but_output_head"}, device="cpu")
     smashed = smash(model, cfg, verbose=False)
     assert type(smashed.lm_head) is nn.Linear and type(smashed.get_input_embeddings()) is nn.Embedding
     assert smashed.lm_head.weight is smashed.get_input_embeddings().weight
@@ -209,8 +209,8 @@ def test_torch_dynamic_loads_into_prepared_skeleton():
     """prepare_for_loading builds the structure the smashed state dict loads into, without data."""
     from smashlib.registry import get_algorithm
 
-    settings = {"keep_full_precision": "none", "smoothquant": False, "smoothquant_alpha": 0.65, "calibration_samples": 4}
-    smashed = smash(build_tiny("llama"), SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none"},
+    settings = {"target_modules": "all_linear", "smoothquant": False, "smoothquant_alpha": 0.65, "calibration_samples": 4}
+    smashed = smash(build_tiny("llama"), SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear"},
                                                        device="cpu"), verbose=False)
     skeleton = get_algorithm("torch_dynamic").prepare_for_loading(build_tiny("llama"), settings)
     skeleton.load_state_dict(smashed.model.state_dict(), strict=True)
@@ -232,7 +232,7 @@ def test_torch_dynamic_with_smoothquant_calibrates_and_stays_close(name):
     model = build_tiny(name)
     inputs = tiny_inputs(name)
     reference = logits(model, inputs)
-    cfg = SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none",
+    cfg = SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear",
                        "torch_dynamic_smoothquant": True, "torch_dynamic_calibration_samples": 4}, device="cpu")
     cfg.add_tokenizer(tiny_tokenizer())
     cfg.add_data("PydocTopics")
@@ -280,7 +280,7 @@ def test_pruner_never_prunes_a_head_tied_to_the_embeddings():
     model = build_tiny("llama")  # lm_head.weight is the embedding matrix
     embedding = model.get_input_embeddings().weight.detach().clone()
     cfg = SmashConfig({"pruner": "torch_unstructured", "torch_unstructured_sparsity": 0.5,
-                       "torch_unstructured_keep_output_head": False}, device="cpu")
+                       "torch_unstructured_target_modules": "all_linear"}, device="cpu")
     smashed = smash(model, cfg, verbose=False)
     assert torch.equal(smashed.get_input_embeddings().weight, embedding)
 

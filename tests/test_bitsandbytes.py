@@ -102,7 +102,7 @@ def test_weights_are_stored_quantized_and_outputs_stay_close(bnb, recipe, archit
 
 
 def test_output_head_is_quantized_when_asked(bnb):
-    smashed = smash(build_tiny("gpt2"), SmashConfig({"quantizer": "llm_int8", "llm_int8_keep_output_head": False}), verbose=False)
+    smashed = smash(build_tiny("gpt2"), SmashConfig({"quantizer": "llm_int8", "llm_int8_target_modules": "all_linear"}), verbose=False)
     assert type(smashed.model.lm_head).__name__ == "Linear8bitLt"
 
 
@@ -230,8 +230,8 @@ def test_int8_state_dict_is_exact_after_inference_and_loads_into_a_meta_shell(bn
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 @pytest.mark.parametrize("values", [
     {"quantizer": "bnb_4bit"},
-    {"quantizer": "bnb_4bit", "bnb_4bit_quant_type": "fp4", "bnb_4bit_double_quant": False, "bnb_4bit_keep_output_head": False},
-    {"quantizer": "llm_int8", "llm_int8_keep_output_head": False},
+    {"quantizer": "bnb_4bit", "bnb_4bit_quant_type": "fp4", "bnb_4bit_double_quant": False, "bnb_4bit_target_modules": "all_linear"},
+    {"quantizer": "llm_int8", "llm_int8_target_modules": "all_linear"},
 ], ids=["nf4", "fp4-head", "int8-head"])
 def test_save_load_is_exact_after_inference(bnb, architecture, values, tmp_path):
     smashed = smash(build_tiny(architecture), SmashConfig(values, device="cpu"), verbose=False)

@@ -43,7 +43,7 @@ def model_folder(tmp_path_factory):
 def test_algorithms_table_and_json(capsys):
     status, out, _ = run(capsys, "algorithms")
     assert status == 0
-    assert "torch_dynamic" in out and "keep_full_precision=outlier_layers" in out and "devices" in out
+    assert "torch_dynamic" in out and "target_modules=all_but_outlier_layers" in out and "devices" in out
     status, out, _ = run(capsys, "algorithms", "--json", "--group", "quantizer")
     rows = json.loads(out)
     assert status == 0 and {row["group"] for row in rows} == {"quantizer"}
@@ -135,7 +135,7 @@ def test_smash_info_compare_round_trip(capsys, model_folder, tmp_path):
     assert status == 0 and "saved to" in printed and (out / "smash_config.json").is_file()
 
     status, printed, _ = run(capsys, "info", str(out))
-    assert status == 0 and "torch_dynamic" in printed and "keep_full_precision='none'" in printed
+    assert status == 0 and "torch_dynamic" in printed and "target_modules='all_linear'" in printed
     status, printed, _ = run(capsys, "info", str(out), "--json")
     assert json.loads(printed)["smash_config"]["values"]["quantizer"] == "torch_dynamic"
     status, printed, _ = run(capsys, "info", str(model_folder))

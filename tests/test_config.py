@@ -22,6 +22,7 @@ from smashlib import (
     smash,
 )
 from smashlib.algorithm import GROUP_ORDER
+from smashlib.config import SCHEMA_VERSION
 from tests.tiny_models import build_tiny
 
 
@@ -48,7 +49,7 @@ def test_choosing_an_algorithm_fills_its_defaults_and_switching_drops_them():
     assert cfg["half_dtype"] == "bfloat16"
     cfg["quantizer"] = "torch_dynamic"
     assert "half_dtype" not in cfg
-    assert "torch_dynamic_keep_full_precision" in cfg
+    assert "torch_dynamic_target_modules" in cfg
     cfg["quantizer"] = None
     assert cfg["quantizer"] is None and len(cfg) == 0
 
@@ -60,7 +61,7 @@ def test_dictionary_style_access_and_iteration_over_active_keys():
     assert "quantizer" in cfg and "compiler" not in cfg
     assert set(cfg) == {
         "quantizer", "half_dtype", "pruner", "torch_unstructured_sparsity",
-        "torch_unstructured_method", "torch_unstructured_keep_output_head",
+        "torch_unstructured_method", "torch_unstructured_target_modules",
     }
     assert cfg.to_dict()["torch_unstructured_sparsity"] == 0.3
     del cfg["pruner"]
@@ -72,7 +73,7 @@ def test_values_come_back_as_plain_python_types():
     cfg["torch_unstructured_sparsity"] = np.float64(0.25)
     values = cfg.to_dict()
     assert type(values["torch_unstructured_sparsity"]) is float
-    assert type(values["torch_unstructured_keep_output_head"]) is bool
+    assert type(values["torch_unstructured_target_modules"]) is str
     json.dumps(values)  # plain types serialise
 
 

@@ -125,7 +125,7 @@ def test_size_counts_tied_weights_once_and_int8_at_one_byte():
     model = build_tiny("llama")  # tie_word_embeddings=True
     expected = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() dedups ties
     assert weight_footprint(model)[0] == expected
-    smashed = smash(model, SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none"},
+    smashed = smash(model, SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear"},
                                        device="cpu"), verbose=False)
     int8 = [m for m in smashed.model.modules() if isinstance(m, Int8DynamicLinear)]
     assert int8

@@ -259,8 +259,8 @@ def test_packed_layers_compile_with_inductor():
     "name,values",
     [
         ("llama", {}),
-        ("llama", {"gptq_weight_bits": 3, "gptq_group_size": 32, "gptq_desc_act": True, "gptq_output_head": "weight_bits"}),
-        ("llama", {"gptq_weight_bits": 8, "gptq_group_size": -1, "gptq_output_head": "keep"}),
+        ("llama", {"gptq_weight_bits": 3, "gptq_group_size": 32, "gptq_desc_act": True, "gptq_output_head_precision": "weight_bits"}),
+        ("llama", {"gptq_weight_bits": 8, "gptq_group_size": -1, "gptq_target_modules": "all_but_output_head"}),
         ("gpt2", {"gptq_desc_act": False}),
         ("opt", {}),
     ],

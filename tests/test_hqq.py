@@ -96,3 +96,49 @@ def test_int4_kernel_needs_four_bits():
     config = SmashConfig({"quantizer": "hqq", "hqq_weight_bits": 8, "hqq_backend": "int4_tinygemm"})
     with pytest.raises(HyperparameterValueError, match="hqq_weight_bits=4"):
         smash(build_tiny("llama"), config, verbose=False)
+
+
+def test_a_classifier_head_the_kernel_cannot_take_runs_dequantized_and_smash_completes():
+    """issue 11 item 4: a BERT classifier with 2 outputs (not a multiple of 16) converted 13 layers, then raised."""
+    import transformers
+
+    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                     vocab_size=256, max_position_embeddings=128, num_labels=2)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
+    inputs = {"input_ids": torch.randint(3, 256, (2, 8))}
+    with torch.no_grad():
+        reference = model(**inputs).logits
+    smashed = smash(model, SmashConfig({"quantizer": "hqq"}, device="cpu"), verbose=False)
+    assert isinstance(smashed.model.classifier, HQQPackedLinear) and smashed.model.classifier.backend == "dequantize"
+    assert smashed.model.bert.encoder.layer[0].attention.self.query.backend == "int4_tinygemm"
+    with torch.no_grad():
+        assert ((smashed(**inputs).logits - reference).norm() / reference.norm()) < 0.5
+
+
+def test_with_the_kernel_forced_layers_it_cannot_take_are_left_as_they_are():
+    import transformers
+
+    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
+                                     vocab_size=256, max_position_embeddings=128, num_labels=2)
+    model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
+    smashed = smash(model, SmashConfig({"quantizer": "hqq", "hqq_backend": "int4_tinygemm"}, device="cpu"), verbose=False)
+    assert type(smashed.model.classifier) is torch.nn.Linear
+
+
+def test_a_failing_layer_puts_every_swapped_layer_back(monkeypatch):
+    model = build_tiny("llama")
+    before = {name: type(m) for name, m in model.named_modules()}
+    calls = {"n": 0}
+    real = HQQPackedLinear.from_weight
+
+    def fail_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(HQQPackedLinear, "from_weight", fail_on_third)
+    with pytest.raises(Exception, match="boom"):
+        smash(model, SmashConfig({"quantizer": "hqq"}, device="cpu"), verbose=False)
+    assert {name: type(m) for name, m in model.named_modules()} == before

@@ -131,7 +131,7 @@ def test_push_uploads_the_saved_folder_and_a_model_card_then_loads_by_repo_id(fa
     assert repo["files"]["model.safetensors"] == (tmp_path / "local" / "model.safetensors").read_bytes()
 
     card = repo["files"]["README.md"].decode()
-    assert "torch_dynamic" in card and "keep_full_precision" in card
+    assert "torch_dynamic" in card and "target_modules" in card
     assert "from smashlib import SmashedModel" in card and 'SmashedModel.from_pretrained("me/tiny-smashed")' in card
     assert "smashlib 0" in card or "smashlib" in card.split("---")[1]
 

@@ -69,7 +69,7 @@ def smashed_tiny(name: str, values: dict, **components) -> SmashedModel:
     {"quantizer": "torch_dynamic"},
     {"quantizer": "half"},
     {"pruner": "torch_unstructured", "torch_unstructured_sparsity": 0.5, "quantizer": "torch_dynamic",
-     "torch_dynamic_keep_full_precision": "none"},
+     "torch_dynamic_target_modules": "all_linear"},
 ], ids=["torch_dynamic", "half", "pruned+int8"])
 def test_round_trip_is_exact_on_every_architecture(tiny_model_name, values, tmp_path):
     if tiny_model_name == "gpt2" and "pruner" in values:
@@ -174,7 +174,7 @@ def test_model_loaded_in_bfloat16_by_transformers_round_trips(tmp_path):
 # ====================================================================== the folder
 def test_folder_holds_compressed_weights_configs_tokenizer_and_smash_config(tmp_path):
     tokenizer = tiny_tokenizer()
-    smashed = smashed_tiny("llama", {"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none"},
+    smashed = smashed_tiny("llama", {"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear"},
                            tokenizer=tokenizer)
     smashed.save_pretrained(tmp_path / "int8")
     smash(build_tiny("llama"), SmashConfig(device="cpu"), verbose=False).save_pretrained(tmp_path / "fp32")
@@ -199,7 +199,7 @@ def test_folder_holds_compressed_weights_configs_tokenizer_and_smash_config(tmp_
     assert saved["schema_version"] == serialization.FORMAT_VERSION
     assert saved["algorithms"] == [{"name": "torch_dynamic", "group": "quantizer", "restored": "from the weights",
                                     "settings": smashed.smash_config.settings_for("torch_dynamic")}]
-    assert saved["algorithms"][0]["settings"]["keep_full_precision"] == "none"
+    assert saved["algorithms"][0]["settings"]["target_modules"] == "all_linear"
     assert {"smashlib", "torch", "transformers"} <= set(saved["versions"])
     assert saved["model"]["class"] == "LlamaForCausalLM" and saved["model"]["dtype"] == "float32"
     assert manifest["components"]["tokenizer"]
@@ -217,7 +217,7 @@ def test_plain_torch_module_loads_into_the_model_given(tmp_path):
         torch.manual_seed(0)
         return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
 
-    smashed = smash(net(), SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none"},
+    smashed = smash(net(), SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear"},
                                        device="cpu"), verbose=False)
     x = torch.randn(3, 16)
     expected = smashed(x)
@@ -442,7 +442,7 @@ def test_a_killed_save_leaves_the_old_or_the_new_folder(tmp_path):
     """SIGKILL at each moment of a save: the folder always loads, as the old model or the new one."""
     x = torch.randn(2, 64)
     old = smash(_kill_net(0), SmashConfig({"quantizer": "torch_dynamic",
-                                           "torch_dynamic_keep_full_precision": "none"}, device="cpu"), verbose=False)
+                                           "torch_dynamic_target_modules": "all_linear"}, device="cpu"), verbose=False)
     new = smash(_kill_net(1), SmashConfig({"quantizer": "half"}, device="cpu"), verbose=False)
     expected = {"old": old(x), "new": new(x)}
     # (moment, whether a saved folder was there before, which model the folder must hold after the kill)
@@ -505,7 +505,7 @@ def test_smollm2_int8_round_trip_and_size(smollm2_path, tmp_path):
         return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_path).eval()
-    config = SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "output_head"}, device="cpu")
+    config = SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_but_output_head"}, device="cpu")
     config.add_tokenizer(smollm2_path)
     smashed = smash(model, config, verbose=False)
     inputs = config.components.tokenizer(["The quick brown fox jumps over the lazy dog."], return_tensors="pt")
@@ -567,7 +567,7 @@ def test_custom_code_model_needs_trust_remote_code(tmp_path, monkeypatch):
     module.TinyCustomModel.register_for_auto_class("AutoModel")
     torch.manual_seed(0)
     model = module.TinyCustomModel(module.TinyCustomConfig()).eval()
-    smashed = smash(model, SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none"},
+    smashed = smash(model, SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear"},
                                        device="cpu"), verbose=False)
     x = torch.randn(2, 16)
     expected = smashed(x)

@@ -73,10 +73,10 @@ def add_outlier_channels(model: nn.Module, channels=(3, 17), factor: float = 60.
 def int8_error(model: nn.Module, inputs) -> float:
     from smashlib.algorithms.quantizer.torch_dynamic import quantize_linears
 
-    from smashlib.modules import linears_to_quantize
+    from smashlib.targets import resolve_targets
 
     reference = logits(model, inputs)
-    quantize_linears(model, linears_to_quantize(model, "output_head"))
+    quantize_linears(model, resolve_targets(model, "all_but_output_head"))
     return float((logits(model, inputs) - reference).abs().max() / reference.abs().max())
 
 

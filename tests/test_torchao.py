@@ -50,7 +50,7 @@ def test_bert_and_quantizing_the_output_head_too():
     inputs = tiny_inputs("bert")
     with torch.no_grad():
         reference = model(**inputs).logits
-    config = SmashConfig({"quantizer": "torchao", "torchao_keep_full_precision": "none"})
+    config = SmashConfig({"quantizer": "torchao", "torchao_target_modules": "all_linear"})
     smashed = smash(model, config, verbose=False)
     assert type(smashed.model.classifier.weight).__name__ == "Int8Tensor"
     with torch.no_grad():

@@ -13,6 +13,47 @@ def _llama():
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
+#: Shapes every tiny decoder shares: widths that are multiples of 16 and 32 (the int4 kernels' tiles and
+#: groups), two blocks, grouped-query attention where the family has it.
+_DECODER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 128}
+
+
+def _gemma3():
+    """Gemma 3's text model: a tied head and scaled input embeddings (Gemma3TextScaledWordEmbedding)."""
+    config = transformers.Gemma3TextConfig(**_DECODER, head_dim=16, sliding_window=16, tie_word_embeddings=True)
+    return transformers.Gemma3ForCausalLM(config)
+
+
+def _qwen2():
+    config = transformers.Qwen2Config(**_DECODER, tie_word_embeddings=True)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _qwen3():
+    config = transformers.Qwen3Config(**_DECODER, head_dim=16, tie_word_embeddings=True)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _mistral():
+    config = transformers.MistralConfig(**_DECODER, sliding_window=None)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _phi3():
+    """Phi-3: fused qkv_proj and gate_up_proj."""
+    config = transformers.Phi3Config(**_DECODER, pad_token_id=0)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _opt():
+    config = transformers.OPTConfig(
+        hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
+        max_position_embeddings=128, word_embed_proj_dim=64, pad_token_id=0,
+    )
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
 def _gpt2():
     config = transformers.GPT2Config(
         n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128, bos_token_id=1, eos_token_id=2
@@ -46,11 +87,13 @@ def _whisper():
 
 
 TINY_MODEL_BUILDERS = {"llama": _llama, "gpt2": _gpt2, "bert": _bert, "t5": _t5, "whisper": _whisper}
+#: Decoder families the weight quantizers claim, beyond the models above (tests/test_families.py).
+FAMILY_BUILDERS = {"gemma3": _gemma3, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "phi3": _phi3, "opt": _opt}
 
 
 def build_tiny(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return TINY_MODEL_BUILDERS[name]().eval()
+    return {**TINY_MODEL_BUILDERS, **FAMILY_BUILDERS}[name]().eval()
 
 
 def tiny_inputs(name: str, batch: int = 2, length: int = 8) -> dict[str, torch.Tensor]:

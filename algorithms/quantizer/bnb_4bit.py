@@ -1,6 +1,6 @@
 """bnb_4bit: 4-bit NF4/FP4 weights with bitsandbytes (QLoRA's format), on CPU and CUDA.
 
-Every nn.Linear (and GPT-2 Conv1D) but the output head becomes a bitsandbytes Linear4bit: weights in
+Every nn.Linear (and GPT-2 Conv1D) that ``target_modules`` selects (by default all but the output head) becomes a bitsandbytes Linear4bit: weights in
 blocks of ``blocksize`` values, each block scaled by its absolute maximum, optionally double-quantized
 (the absmax values themselves stored as 8 bits). Weights are about 4.5 bits per value on disk. On CPUs
 with AVX512-BF16, bitsandbytes runs a repacked bf16 kernel, taken when ``compute_dtype`` is bfloat16;
@@ -12,8 +12,9 @@ from __future__ import annotations
 from ConfigSpace import Categorical
 from torch import nn
 
-from smashlib.algorithm import Algorithm
-from smashlib.errors import MissingPackageError, UnsupportedModelError
+from smashlib.errors import MissingPackageError
+from smashlib.module_swap import ModuleSwapQuantizer
+from smashlib.targets import target_modules_hyperparameter
 
 COMPUTE_DTYPES = ("bfloat16", "float32", "float16")
 #: First bitsandbytes release with a CUDA kernel for 4-bit blocks of 32 (the CPU path takes any size).
@@ -31,7 +32,7 @@ def layer_options(settings: dict) -> dict:
     }
 
 
-class Bnb4bit(Algorithm):
+class Bnb4bit(ModuleSwapQuantizer):
     name = "bnb_4bit"
     group = "quantizer"
     runs_on = ("cpu", "cuda")
@@ -43,7 +44,7 @@ class Bnb4bit(Algorithm):
         Categorical("double_quant", [True, False], default=True),
         Categorical("compute_dtype", list(COMPUTE_DTYPES), default="bfloat16"),
         Categorical("blocksize", [32, 64, 128, 256], default=64),
-        Categorical("keep_output_head", [True, False], default=True),
+        target_modules_hyperparameter("all_but_output_head"),
     )
 
     def check_settings(self, settings: dict, device: str) -> None:
@@ -59,34 +60,15 @@ class Bnb4bit(Algorithm):
                     "pip install -U bitsandbytes, or choose bnb_4bit_blocksize=64."
                 )
 
-    def check_model(self, model: nn.Module) -> None:
-        from smashlib.layers.linear_like import linear_like_names
-
-        if not linear_like_names(model, keep_output_head=True):
-            raise UnsupportedModelError(
-                "bnb_4bit quantizes nn.Linear and transformers Conv1D layers; this model has none besides its output head."
-            )
-
-    def apply(self, model, settings, components):
+    def make_quantized(self, layer: nn.Module, settings: dict) -> nn.Module:
         from smashlib.layers.bnb_linear import Linear4bit
-        from smashlib.layers.linear_like import linear_weight, swap_linear_like
+        from smashlib.layers.linear_like import linear_weight
 
-        options = layer_options(settings)
-        swap_linear_like(
-            model, bool(settings["keep_output_head"]),
-            lambda layer: Linear4bit.from_weight(linear_weight(layer), layer.bias, **options),
-        )
-        return model
+        return Linear4bit.from_weight(linear_weight(layer), layer.bias, **layer_options(settings))
 
-    def prepare_for_loading(self, model, settings):
+    def make_empty(self, layer: nn.Module, settings: dict) -> nn.Module:
         from smashlib.layers.bnb_linear import Linear4bit
-        from smashlib.layers.linear_like import linear_sizes, swap_linear_like
+        from smashlib.layers.linear_like import linear_sizes
 
-        options = layer_options(settings)
-
-        def shell(layer: nn.Module) -> Linear4bit:
-            in_features, out_features, bias = linear_sizes(layer)
-            return Linear4bit(in_features, out_features, bias, device=layer.weight.device, **options)
-
-        swap_linear_like(model, bool(settings["keep_output_head"]), shell)
-        return model
+        in_features, out_features, bias = linear_sizes(layer)
+        return Linear4bit(in_features, out_features, bias, device=layer.weight.device, **layer_options(settings))

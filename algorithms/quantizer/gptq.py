@@ -22,19 +22,25 @@ from smashlib.errors import SmashConfigError, UnsupportedModelError
 from smashlib.gptq.layerwise import (
     Grid,
     SolverOptions,
+    block_layer_names,
     find_layout,
+    output_head_name,
     prepare_structure,
     quantize_model,
     supported_families,
 )
 from smashlib.layers.packed_int import PackedLinear
+from smashlib.targets import target_modules_hyperparameter
 
-#: Tokens per calibration batch: enough to keep the matmuls efficient, few enough that a block's
-#: activations (attention scores grow with the square of the length) stay small.
-TOKENS_PER_BATCH = 4096
-
-#: How the output head (lm_head) is treated: quantized like the other layers, to 8 bits, or kept.
-OUTPUT_HEAD_CHOICES = ("weight_bits", "int8", "keep")
+#: The grid of the output head, when ``target_modules`` includes it: that of the other layers, or 8 bits
+#: with one scale per row.
+OUTPUT_HEAD_PRECISIONS = ("weight_bits", "int8")
+#: Schema-1 ``output_head`` -> (target_modules, output_head_precision).
+OLD_OUTPUT_HEAD = {
+    "weight_bits": ("all_linear", "weight_bits"),
+    "int8": ("all_linear", "int8"),
+    "keep": ("all_but_output_head", "weight_bits"),
+}
 
 
 def layer_grid(settings: dict[str, Any]) -> Grid:
@@ -44,11 +50,11 @@ def layer_grid(settings: dict[str, Any]) -> Grid:
     return Grid(int(settings["weight_bits"]), int(settings["group_size"]), act_order)
 
 
-def head_grid(settings: dict[str, Any]) -> Grid | None:
-    choice = settings["output_head"]
-    if choice == "keep":
+def head_grid(settings: dict[str, Any], head_targeted: bool = True) -> Grid | None:
+    """The head's grid, or None when ``target_modules`` leaves it out (``head_targeted`` False)."""
+    if not head_targeted:
         return None
-    if choice == "int8":
+    if settings["output_head_precision"] == "int8":
         return Grid(8, -1, False)
     return layer_grid(settings)
 
@@ -66,10 +72,33 @@ class GPTQ(Algorithm):
         Categorical("desc_act", [True, False], default=True),
         Integer("calibration_samples", (8, 1024), default=32, log=True),
         Categorical("sequence_length", [256, 128, 512, 1024, 2048], default=256),
-        Categorical("output_head", list(OUTPUT_HEAD_CHOICES), default="weight_bits"),
+        target_modules_hyperparameter("all_linear"),
+        Categorical("output_head_precision", list(OUTPUT_HEAD_PRECISIONS), default="weight_bits"),
         Categorical("backend", ["torch", "gptqmodel"], default="torch"),
         Categorical("method", ["gptq", "rtn"], default="gptq"),
     )
+
+    @classmethod
+    def upgrade_settings(cls, settings, schema_version):
+        settings = dict(settings)
+        if schema_version < 2 and "output_head" in settings:
+            settings["target_modules"], settings["output_head_precision"] = OLD_OUTPUT_HEAD[settings.pop("output_head")]
+        return settings
+
+    def target_names(self, model: nn.Module, settings: dict[str, Any]) -> list[str]:
+        """The selected linear layers of the transformer blocks, and the output head when selected (other
+        layers outside the blocks are never quantized: gptq calibrates block by block)."""
+        layout = find_layout(model)
+        if layout is None:
+            return []
+        selected = set(super().target_names(model, settings))
+        names = [name for block in block_layer_names(model, layout, selected) for name in block]
+        head = output_head_name(model)
+        return names + ([head] if head is not None and head in selected else [])
+
+    def _plan(self, model: nn.Module, settings: dict[str, Any]) -> tuple[set[str], Grid | None]:
+        targets = set(self.target_names(model, settings))
+        return targets, head_grid(settings, output_head_name(model) in targets)
 
     def required_components(self, settings):
         """Round-to-nearest (``method="rtn"``) uses no calibration data: it is the baseline that shows
@@ -96,22 +125,25 @@ class GPTQ(Algorithm):
 
     def apply(self, model, settings, components):
         options = SolverOptions(settings["method"], float(settings["damp_percent"]))
+        targets, head = self._plan(model, settings)
         if options.method == "rtn":
-            return quantize_model(model, [], layer_grid(settings), head_grid(settings), options)
+            return quantize_model(model, [], layer_grid(settings), head, options, targets=targets)
         from smashlib.data import calibration_batches
+        from smashlib.data.activation_calibration import GPTQ_TOKENS_PER_BATCH
 
         length = int(settings["sequence_length"])
         batches = calibration_batches(
-            components, int(settings["calibration_samples"]), length, batch_size=max(1, TOKENS_PER_BATCH // length)
+            components, int(settings["calibration_samples"]), length, batch_size=max(1, GPTQ_TOKENS_PER_BATCH // length)
         )
         if settings["backend"] == "gptqmodel":
             from smashlib.gptq.gptqmodel_backend import quantize_with_gptqmodel
 
-            return quantize_with_gptqmodel(model, batches, layer_grid(settings), head_grid(settings), settings, components)
-        return quantize_model(model, batches, layer_grid(settings), head_grid(settings), options)
+            return quantize_with_gptqmodel(model, batches, layer_grid(settings), head, settings, components)
+        return quantize_model(model, batches, layer_grid(settings), head, options, targets=targets)
 
     def prepare_for_loading(self, model, settings):
-        return prepare_structure(model, layer_grid(settings), head_grid(settings))
+        targets, head = self._plan(model, settings)
+        return prepare_structure(model, layer_grid(settings), head, targets)
 
     def after_loading(self, model, settings):
         for module in model.modules():

@@ -8,14 +8,18 @@ one scale and zero per group (smashlib.layers.hqq_linear). On CPU, 4-bit runs on
 """
 from __future__ import annotations
 
+import logging
+
 from ConfigSpace import Categorical
 from torch import nn
 
-from smashlib.algorithm import Algorithm
-from smashlib.errors import HyperparameterValueError, UnsupportedDeviceError, UnsupportedModelError
-from smashlib.layers.hqq_linear import HQQPackedLinear, layer_supported, tinygemm_supported
-from smashlib.layers.linear_like import linear_like_names, linear_sizes, linear_weight
-from smashlib.modules import replace_module
+from smashlib.errors import HyperparameterValueError, UnsupportedDeviceError
+from smashlib.layers.hqq_linear import HQQPackedLinear, layer_supported, tinygemm_layer_supported, tinygemm_supported
+from smashlib.layers.linear_like import linear_sizes, linear_weight
+from smashlib.module_swap import ModuleSwapQuantizer
+from smashlib.targets import target_modules_hyperparameter
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_backend(settings: dict, device: str) -> str:
@@ -33,7 +37,7 @@ def layer_settings(settings: dict) -> tuple[int, int, int]:
     return int(settings["weight_bits"]), int(settings["group_size"]), int(settings["axis"])
 
 
-class HQQ(Algorithm):
+class HQQ(ModuleSwapQuantizer):
     name = "hqq"
     group = "quantizer"
     runs_on = ("cpu", "cuda")
@@ -45,7 +49,7 @@ class HQQ(Algorithm):
         Categorical("group_size", [32, 64, 128, 256], default=32),
         Categorical("axis", [1, 0], default=1),
         Categorical("backend", ["auto", "int4_tinygemm", "dequantize"], default="auto"),
-        Categorical("keep_output_head", [True, False], default=True),
+        target_modules_hyperparameter("all_but_output_head"),
     )
 
     def check_settings(self, settings, device):
@@ -61,43 +65,38 @@ class HQQ(Algorithm):
                 "hqq_backend='int4_tinygemm' uses PyTorch's int4 CPU kernel; on 'cuda' use hqq_backend='dequantize'."
             )
 
-    def targets(self, model: nn.Module, settings: dict) -> list[str]:
-        """The linear-like layers hqq quantizes: all but the output head (by default) whose size packs."""
+    def target_names(self, model: nn.Module, settings: dict) -> list[str]:
+        """The selected layers whose size hqq can pack (whole groups, whole bytes of codes); with
+        ``backend='int4_tinygemm'`` also only those the int4 kernel takes. Layers left out stay as they
+        are (smash() logs which): a BERT classifier's 2-output head does not stop the rest."""
         bits, group_size, axis = layer_settings(settings)
-        names = [
-            name for name in linear_like_names(model, bool(settings["keep_output_head"]))
-            if layer_supported(*linear_sizes(model.get_submodule(name))[:2], bits, group_size, axis)
-        ]
-        if not names:
-            raise UnsupportedModelError(
-                f"hqq found no nn.Linear or Conv1D layer whose weight divides into groups of {group_size}"
-                f"{' besides the output head' if settings['keep_output_head'] else ''}: choose a smaller hqq_group_size."
+        explicit_kernel = settings["backend"] == "int4_tinygemm"
+        names, skipped = [], []
+        for name in super().target_names(model, settings):
+            in_features, out_features, _ = linear_sizes(model.get_submodule(name))
+            fits = layer_supported(in_features, out_features, bits, group_size, axis) and (
+                not explicit_kernel or tinygemm_layer_supported(in_features, out_features, group_size)
             )
+            (names if fits else skipped).append(name)
+        if skipped and names:
+            logger.info("hqq leaves %d layer(s) in full precision (their shapes do not pack): %s", len(skipped),
+                        ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
         return names
 
-    def check_model(self, model):
-        self.targets(model, {param.name: param.default_value for param in self.hyperparameters})
+    def describe_unsupported(self, settings):
+        return (f"no selected layer's weight divides into groups of {settings['group_size']}"
+                f"{' the int4 kernel takes' if settings['backend'] == 'int4_tinygemm' else ''}: "
+                "choose a smaller hqq_group_size.")
 
-    def apply(self, model, settings, components):
+    def make_quantized(self, layer, settings):
         bits, group_size, axis = layer_settings(settings)
-        backend = resolve_backend(settings, next(model.parameters()).device.type)
-        names = self.targets(model, settings)
-        for name in names:
-            layer = model.get_submodule(name)
-            replace_module(model, name, HQQPackedLinear.from_weight(
-                linear_weight(layer), layer.bias, bits, group_size, axis, backend
-            ))
-        return model
+        backend = resolve_backend(settings, layer.weight.device.type)
+        return HQQPackedLinear.from_weight(linear_weight(layer), layer.bias, bits, group_size, axis, backend)
 
-    def prepare_for_loading(self, model, settings):
+    def make_empty(self, layer, settings):
         bits, group_size, axis = layer_settings(settings)
-        for name in self.targets(model, settings):
-            layer = model.get_submodule(name)
-            in_features, out_features, bias = linear_sizes(layer)
-            replace_module(model, name, HQQPackedLinear(
-                in_features, out_features, bias, bits, group_size, axis, device=layer.weight.device
-            ))
-        return model
+        in_features, out_features, bias = linear_sizes(layer)
+        return HQQPackedLinear(in_features, out_features, bias, bits, group_size, axis, device=layer.weight.device)
 
     def after_loading(self, model, settings):
         backend = resolve_backend(settings, next(model.buffers()).device.type)

@@ -15,19 +15,15 @@ from __future__ import annotations
 from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
-from smashlib.algorithm import Algorithm
 from smashlib.errors import HyperparameterValueError, UnsupportedModelError
-from smashlib.layers.activation_calibration import calibration_inputs, check_components, smooth_before_quantizing
 from smashlib.layers.quanto_linear import make_inference_safe
-from smashlib.modules import KEEP_PRESETS, linears_to_quantize
+from smashlib.module_swap import NnLinearQuantizer
+from smashlib.targets import target_modules_hyperparameter
 
 WEIGHT_TYPES = ("qint8", "qint4", "qint2", "qfloat8")
 ACTIVATION_TYPES = ("none", "qint8")
 
 
-def nn_linears(model: nn.Module, keep: str) -> list[str]:
-    """The nn.Linear layers the ``keep`` preset quantizes (quanto has no transformers Conv1D support)."""
-    return [name for name in linears_to_quantize(model, keep) if type(model.get_submodule(name)) is nn.Linear]
 
 
 def quanto_quantize(model: nn.Module, settings: dict, names: list[str]) -> None:
@@ -48,7 +44,7 @@ def quanto_quantize(model: nn.Module, settings: dict, names: list[str]) -> None:
             model.get_submodule(name).disable_output_quantization()
 
 
-class Quanto(Algorithm):
+class Quanto(NnLinearQuantizer):
     name = "quanto"
     group = "quantizer"
     runs_on = ("cpu", "cuda")
@@ -61,7 +57,7 @@ class Quanto(Algorithm):
         Categorical("smoothquant", [False, True], default=False),
         Float("smoothquant_alpha", (0.0, 1.0), default=0.5),
         Integer("calibration_samples", (1, 1024), default=32, log=True),
-        Categorical("keep_full_precision", list(KEEP_PRESETS), default="output_head"),
+        target_modules_hyperparameter("all_but_output_head"),
     )
 
     def required_components(self, settings: dict) -> tuple[str, ...]:
@@ -76,17 +72,19 @@ class Quanto(Algorithm):
             )
 
     def check_model(self, model):
-        if not nn_linears(model, "output_head"):
+        if not self.target_names(model, {"target_modules": "all_but_output_head"}):
             raise UnsupportedModelError(
                 "quanto quantizes nn.Linear layers (not transformers' Conv1D, as in GPT-2); this model has none "
                 "besides its output head: try hqq or torch_dynamic."
             )
 
     def apply(self, model, settings, components):
+        from smashlib.data.activation_calibration import calibration_inputs, check_components, smooth_before_quantizing
+
         needed = self.required_components(settings)
         check_components(self.name, needed, components, f"activations='{settings['activations']}'")
         batches = calibration_inputs(model, components, int(settings["calibration_samples"])) if needed else []
-        names = nn_linears(model, settings["keep_full_precision"])
+        names = self.target_names(model, settings)
         if settings["smoothquant"]:
             smooth_before_quantizing(model, batches, names, float(settings["smoothquant_alpha"]))
         quanto_quantize(model, settings, names)
@@ -105,6 +103,6 @@ class Quanto(Algorithm):
     def prepare_for_loading(self, model, settings):
         from optimum.quanto import freeze
 
-        quanto_quantize(model, settings, nn_linears(model, settings["keep_full_precision"]))
+        quanto_quantize(model, settings, self.target_names(model, settings))
         freeze(model)  # on the meta skeleton: gives the saved state dict's layout, computes nothing
         return model

@@ -18,11 +18,10 @@ import torch
 from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
-from smashlib.algorithm import Algorithm
 from smashlib.errors import HyperparameterValueError, UnsupportedDeviceError, UnsupportedModelError
-from smashlib.layers.activation_calibration import calibration_inputs, check_components, smooth_before_quantizing
 from smashlib.layers.flat_subclass_state import keep_state_flat
-from smashlib.modules import KEEP_PRESETS, linears_to_quantize
+from smashlib.module_swap import NnLinearQuantizer
+from smashlib.targets import target_modules_hyperparameter
 
 #: quant_type -> (devices it runs on, what it does)
 QUANT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -34,9 +33,6 @@ QUANT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def nn_linears(model: nn.Module, keep: str) -> list[str]:
-    """The nn.Linear layers the ``keep`` preset quantizes (torchao has no transformers Conv1D support)."""
-    return [name for name in linears_to_quantize(model, keep) if type(model.get_submodule(name)) is nn.Linear]
 
 
 def import_torchao():
@@ -72,7 +68,7 @@ def torchao_config(quant_type: str, group_size: int) -> Any:
     raise ValueError(f"unknown torchao quant_type {quant_type!r}: one of {', '.join(QUANT_TYPES)}")
 
 
-class TorchAO(Algorithm):
+class TorchAO(NnLinearQuantizer):
     name = "torchao"
     group = "quantizer"
     runs_on = ("cpu", "cuda")
@@ -82,7 +78,7 @@ class TorchAO(Algorithm):
     hyperparameters = (
         Categorical("quant_type", list(QUANT_TYPES), default="int8wo"),
         Categorical("group_size", [128, 32, 64, 256], default=128),  # int4wo only
-        Categorical("keep_full_precision", list(KEEP_PRESETS), default="output_head"),
+        target_modules_hyperparameter("all_but_output_head"),
         Categorical("smoothquant", [False, True], default=False),  # int8dq only
         Float("smoothquant_alpha", (0.0, 1.0), default=0.5),
         Integer("calibration_samples", (1, 1024), default=32, log=True),
@@ -108,14 +104,18 @@ class TorchAO(Algorithm):
             )
 
     def check_model(self, model):
-        if not nn_linears(model, "output_head"):
+        if not self.target_names(model, {"target_modules": "all_but_output_head"}):
             raise UnsupportedModelError(
                 "torchao quantizes nn.Linear layers (not transformers' Conv1D, as in GPT-2); this model has none "
                 "besides its output head: try hqq or torch_dynamic."
             )
 
-    def _quantize(self, model: nn.Module, settings: dict) -> nn.Module:
-        names = set(nn_linears(model, settings["keep_full_precision"]))
+    def check_targets(self, model, settings):
+        super().check_targets(model, settings)
+        self._check_dtype(model, settings, self.target_names(model, settings))
+
+    @staticmethod
+    def _check_dtype(model: nn.Module, settings: dict, names) -> None:
         if settings["quant_type"] == "int4wo" and any(
             model.get_submodule(name).weight.dtype != torch.bfloat16 for name in names
         ):
@@ -123,6 +123,10 @@ class TorchAO(Algorithm):
                 "torchao_quant_type='int4wo' runs on the bfloat16 tinygemm kernel: load the model with "
                 "dtype=torch.bfloat16."
             )
+
+    def _quantize(self, model: nn.Module, settings: dict) -> nn.Module:
+        names = set(self.target_names(model, settings))
+        self._check_dtype(model, settings, names)
         q = import_torchao()
         q.quantize_(
             model, torchao_config(settings["quant_type"], int(settings["group_size"])),
@@ -133,10 +137,12 @@ class TorchAO(Algorithm):
         return model
 
     def apply(self, model, settings, components):
+        from smashlib.data.activation_calibration import calibration_inputs, check_components, smooth_before_quantizing
+
         if settings["smoothquant"]:
             check_components(self.name, self.required_components(settings), components, "smoothquant=True")
             batches = calibration_inputs(model, components, int(settings["calibration_samples"]))
-            names = nn_linears(model, settings["keep_full_precision"])
+            names = self.target_names(model, settings)
             smooth_before_quantizing(model, batches, names, float(settings["smoothquant_alpha"]))
         return self._quantize(model, settings)
 

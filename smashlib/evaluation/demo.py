@@ -17,7 +17,7 @@ from typing import Any
 #: minutes here.
 DEMO_RECIPE: dict[str, Any] = {
     "quantizer": "torch_dynamic",
-    "torch_dynamic_keep_full_precision": "none",
+    "torch_dynamic_target_modules": "all_linear",
     "torch_dynamic_smoothquant": True,
 }
 #: Windows of text perplexity and agreement are measured on, and their length in tokens.

@@ -52,10 +52,15 @@ def check_available(settings: Mapping[str, Any]) -> None:
             f"gptq_backend='gptqmodel' handles gptq_weight_bits in {CHECKPOINT_BITS}, not {settings['weight_bits']}: "
             "use gptq_backend='torch' for 3 bits."
         )
-    if settings["output_head"] == "int8":
+    if settings["output_head_precision"] == "int8":
         raise HyperparameterValueError(
             "gptq_backend='gptqmodel' quantizes the output head with the other layers or not at all: set "
-            "gptq_output_head to 'weight_bits' or 'keep' (or use gptq_backend='torch' for an int8 head)."
+            "gptq_output_head_precision='weight_bits' (or use gptq_backend='torch' for an int8 head)."
+        )
+    if settings["target_modules"] not in ("all_linear", "all_but_output_head"):
+        raise HyperparameterValueError(
+            "gptq_backend='gptqmodel' quantizes every layer of every block: set gptq_target_modules to "
+            "'all_linear' or 'all_but_output_head' (or use gptq_backend='torch' to choose layers)."
         )
 
 

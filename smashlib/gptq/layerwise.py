@@ -14,7 +14,7 @@ two copies of (samples x tokens x hidden) floats.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch import nn
 from smashlib.gptq.solver import HessianAccumulator, QuantizedWeight, gptq_quantize, one_thread, rtn_quantize
 from smashlib.layers.linear_like import is_linear_like, linear_sizes, linear_weight
 from smashlib.layers.packed_int import PackedEmbedding, PackedLinear
+from smashlib.layers.tied_embedding import tie_spec
 from smashlib.modules import output_head_names, replace_module
 from smashlib.progress import progress
 
@@ -77,11 +78,14 @@ class Grid:
     act_order: bool
 
 
-def block_layer_names(model: nn.Module, layout: Layout) -> list[list[str]]:
-    """For each block, the full names of its linear-like layers."""
+def block_layer_names(model: nn.Module, layout: Layout, targets: Container[str] | None = None) -> list[list[str]]:
+    """For each block, the full names of its linear-like layers (only those in ``targets`` when given)."""
     blocks = _lookup(model, layout.blocks)
     return [
-        [f"{layout.blocks}.{index}.{name}" for name, module in block.named_modules() if is_linear_like(module)]
+        [
+            full for name, module in block.named_modules()
+            if is_linear_like(module) and ((full := f"{layout.blocks}.{index}.{name}") in targets if targets is not None else True)
+        ]
         for index, block in enumerate(blocks)
     ]
 
@@ -126,16 +130,19 @@ def packed_from(module: nn.Module, quantized: QuantizedWeight, grid: Grid) -> Pa
 
 
 def tie_embedding(model: nn.Module, embedding_name: str, head: PackedLinear) -> None:
-    embedding = model.get_submodule(embedding_name)
-    replace_module(
-        model, embedding_name, PackedEmbedding(head, getattr(embedding, "padding_idx", None), embedding.weight.dtype)
-    )
+    """Make the input embedding read the packed head's rows, keeping what it did around its weight (Gemma 3's
+    scale); an embedding that does something a tied embedding cannot reproduce keeps its own weight."""
+    spec = tie_spec(model.get_submodule(embedding_name))
+    if spec is not None:
+        replace_module(model, embedding_name, PackedEmbedding(head, spec.padding_idx, spec.dtype, spec.scale))
 
 
-def prepare_structure(model: nn.Module, grid: Grid, head_grid: Grid | None) -> nn.Module:
+def prepare_structure(
+    model: nn.Module, grid: Grid, head_grid: Grid | None, targets: Container[str] | None = None
+) -> nn.Module:
     """Swap every layer that :func:`quantize_model` would quantize for an empty PackedLinear."""
     layout = find_layout(model)
-    for names in block_layer_names(model, layout):
+    for names in block_layer_names(model, layout, targets):
         for name in names:
             replace_module(model, name, empty_packed_like(model.get_submodule(name), grid))
     head_name = output_head_name(model) if head_grid is not None else None
@@ -259,8 +266,10 @@ def quantize_model(
     head_grid: Grid | None = None,
     options: SolverOptions | None = None,
     verbose: bool = True,
+    targets: Container[str] | None = None,
 ) -> nn.Module:
-    """GPTQ (or RTN) for every linear layer in ``model``'s blocks, and its output head when ``head_grid``."""
+    """GPTQ (or RTN) for every linear layer in ``model``'s blocks (those in ``targets``, full names, when
+    given), and its output head when ``head_grid``."""
     options = options or SolverOptions()
     layout = find_layout(model)
     blocks = _lookup(model, layout.blocks)
@@ -268,8 +277,11 @@ def quantize_model(
     calls = capture_first_block_inputs(model, blocks[0], batches) if use_data else []
     hidden = [call.hidden for call in calls]
     # a progress bar only where calibration takes a while (tiny test models have a couple of blocks)
-    for block in progress(blocks, desc="gptq blocks", disable=not verbose or len(blocks) < 8):
-        layers = {name: module for name, module in block.named_modules() if is_linear_like(module)}
+    for index, block in enumerate(progress(blocks, desc="gptq blocks", disable=not verbose or len(blocks) < 8)):
+        layers = {
+            name: module for name, module in block.named_modules()
+            if is_linear_like(module) and (targets is None or f"{layout.blocks}.{index}.{name}" in targets)
+        }
         if use_data:
             hessians = InputHessians(layers)
             try:

@@ -24,8 +24,11 @@ import math
 import torch
 from torch import nn
 
+from smashlib.layers.kernels import INT4_CPU_GROUPS, int4_cpu_fits, int4_cpu_matmul, int4_cpu_pack
+from smashlib.layers.quantized_linear import QuantizedLinear
+
 #: Group sizes the int4 CPU kernel accepts.
-TINYGEMM_GROUP_SIZES = (32, 64, 128, 256)
+TINYGEMM_GROUP_SIZES = tuple(sorted(INT4_CPU_GROUPS))
 
 
 def _hqq_quantizer():
@@ -63,6 +66,11 @@ def tinygemm_supported(nbits: int, axis: int, group_size: int) -> bool:
     return nbits == 4 and axis == 1 and group_size in TINYGEMM_GROUP_SIZES
 
 
+def tinygemm_layer_supported(in_features: int, out_features: int, group_size: int) -> bool:
+    """Whether the int4 CPU kernel takes a layer of this shape (whole groups per row, rows in tiles of 16)."""
+    return int4_cpu_fits(in_features, out_features, group_size)
+
+
 def dequantize_codes(
     W_q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, nbits: int, group_size: int, axis: int,
     out_features: int, in_features: int, dtype: torch.dtype,
@@ -86,7 +94,7 @@ def hqq_int4_linear(
     """x @ W.T on the int4 CPU kernel (bf16 in and out). An opaque op for torch.compile, with a backward
     (through the dequantized weight) so that gradients reach layers before it (adapters, recovery)."""
     flat = x.reshape(-1, x.shape[-1])
-    out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, group_size, scales_and_offsets)
+    out = int4_cpu_matmul(flat, packed, group_size, scales_and_offsets)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -110,7 +118,7 @@ def _backward(ctx, grad):
 hqq_int4_linear.register_autograd(_backward, setup_context=_setup_backward)
 
 
-class HQQPackedLinear(nn.Module):
+class HQQPackedLinear(QuantizedLinear):
     """Drop-in replacement of nn.Linear whose weight is HQQ-quantized to 2, 3, 4 or 8 bits."""
 
     def __init__(
@@ -124,10 +132,9 @@ class HQQPackedLinear(nn.Module):
         backend: str = "dequantize",
         device=None,
     ) -> None:
-        super().__init__()
         if (in_features * out_features) % group_size:
             raise ValueError(f"a {out_features}x{in_features} weight does not split into groups of {group_size}")
-        self.in_features, self.out_features = in_features, out_features
+        super().__init__(in_features, out_features)
         self.nbits, self.group_size, self.axis, self.backend = nbits, group_size, axis, backend
         groups = in_features * out_features // group_size
         # hqq groups rows of length group_size (axis 1) or columns of height group_size (axis 0)
@@ -139,8 +146,6 @@ class HQQPackedLinear(nn.Module):
         self.register_buffer("scale", torch.ones(scale_shape, dtype=meta_dtype, device=device))
         self.register_buffer("zero", torch.zeros(scale_shape, dtype=meta_dtype, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
-        self._kernel: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.register_load_state_dict_pre_hook(self._forget_kernel)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -179,32 +184,34 @@ class HQQPackedLinear(nn.Module):
         groups = self.in_features * self.out_features // self.group_size
         return unpacked[:groups].reshape(self.out_features, self.in_features)
 
+    @property
+    def bits(self) -> int:
+        """Bits per weight, under the name the other quantized layers use (hqq's own is ``nbits``)."""
+        return self.nbits
+
+    def build_kernel(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The int4 CPU kernel's weight and scale/offset tensors from the saved codes; None (and the
+        ``dequantize`` backend) where the kernel does not take the layer."""
+        if not tinygemm_supported(self.nbits, self.axis, self.group_size) or not tinygemm_layer_supported(
+            self.in_features, self.out_features, self.group_size
+        ):
+            self.backend = "dequantize"  # e.g. a classifier head with 2 outputs: the kernel wants rows in 16s
+            return None
+        return int4_cpu_pack(
+            self.codes(), self.scale.reshape(self.out_features, -1), self.zero.reshape(self.out_features, -1)
+        )
+
     def pack_for_kernel(self) -> None:
-        """Build the int4 CPU kernel's weight and scale/offset tensors from the saved codes."""
-        if not tinygemm_supported(self.nbits, self.axis, self.group_size) or self.in_features % self.group_size:
-            self.backend = "dequantize"
-            return
-        codes = self.codes().to(torch.int32)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-        scale = self.scale.float().reshape(self.out_features, -1)
-        offset = (8 - self.zero.float().reshape(self.out_features, -1)) * scale
-        scales_and_offsets = torch.stack([scale, offset], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
-        self._kernel = (packed, scales_and_offsets)
-
-    def _forget_kernel(self, *args, **kwargs) -> None:
-        self._kernel = None
-
-    def _apply(self, fn, recurse=True):
-        self._kernel = None  # moving or casting invalidates the packed copy
-        return super()._apply(fn, recurse)
+        """Build the kernel form now (after quantizing or loading)."""
+        self.invalidate_kernel()
+        self.kernel  # noqa: B018  (builds and caches it)
 
     # ------------------------------------------------------------------ running
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "int4_tinygemm" and x.device.type == "cpu":
-            if self._kernel is None:
-                self.pack_for_kernel()  # falls back to "dequantize" where the kernel does not apply
-            if self._kernel is not None:
-                packed, scales_and_offsets = self._kernel
+            kernel = self.kernel  # None, with the backend set to "dequantize", where the kernel does not apply
+            if kernel is not None:
+                packed, scales_and_offsets = kernel
                 out = hqq_int4_linear(x.to(torch.bfloat16), packed, scales_and_offsets, self.group_size,
                                       self.W_q, self.scale, self.zero).to(x.dtype)
                 return out if self.bias is None else out + self.bias.to(x.dtype)

@@ -21,18 +21,13 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from smashlib.layers.quantized_linear import QuantizedLinear
+from smashlib.layers.tied_embedding import TiedEmbedding
+from smashlib.targets import is_linear  # noqa: F401  (re-exported: the one linear test lives in smashlib.targets)
+
 #: Buffers that keep float32 whatever dtype the model is cast to.
 FLOAT32_BUFFERS = ("weight_scale", "bias")
 
-
-def is_conv1d(module: nn.Module) -> bool:
-    """transformers' Conv1D (GPT-2 and kin): a Linear storing its weight transposed, (in, out)."""
-    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers.")
-
-
-def is_linear(module: nn.Module) -> bool:
-    """An nn.Linear proper (not a subclass with its own forward) or a transformers Conv1D."""
-    return type(module) is nn.Linear or is_conv1d(module)
 
 
 def quantize_per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +53,7 @@ def reduce_range() -> bool:
 
 def _weight_of(linear: nn.Module) -> torch.Tensor:
     """The (out_features, in_features) weight of an nn.Linear or a Conv1D."""
-    return linear.weight.t() if is_conv1d(linear) else linear.weight
+    return linear.weight if type(linear) is nn.Linear else linear.weight.t()
 
 
 class _Float32Scales(nn.Module):
@@ -125,12 +120,14 @@ def _input_gradient(ctx, grad):
 int8_dynamic_linear.register_autograd(_input_gradient, setup_context=_save_weight)
 
 
-class Int8DynamicLinear(_Float32Scales):
-    """Drop-in replacement of nn.Linear (CPU) with int8 weights and dynamically quantized activations."""
+class Int8DynamicLinear(QuantizedLinear, _Float32Scales):
+    """Drop-in replacement of nn.Linear (CPU) with int8 weights and dynamically quantized activations.
+
+    Its fbgemm packed weight is cached beside the weight tensor (``packed_weight``), not in the module's
+    kernel slot: the custom op torch.compile sees takes tensors, and finds the packed form from them."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        super().__init__(in_features, out_features)
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
@@ -152,6 +149,9 @@ class Int8DynamicLinear(_Float32Scales):
             layer.bias = linear.bias.detach().float().clone()
         return layer
 
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.weight.float() * self.weight_scale[:, None]).to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = int8_dynamic_linear(x.float(), self.weight, self.weight_scale, self.bias, self.reduce_range)
         return out if x.dtype == torch.float32 else out.to(x.dtype)
@@ -160,34 +160,28 @@ class Int8DynamicLinear(_Float32Scales):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
 
 
-class Int8Embedding(_Float32Scales):
+class Int8Embedding(TiedEmbedding, _Float32Scales):
     """An embedding table stored as int8 rows with one float32 scale per row; looked-up rows are
-    de-quantized on the fly. Built with :meth:`tied_to` it shares the int8 matrix of a tied output head."""
+    de-quantized on the fly. Built with :meth:`tied_to` it shares the int8 matrix of a tied output head
+    (its ``weight`` and ``weight_scale`` buffers are the head's tensors, saved once as tied aliases)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.float32, device=None) -> None:
-        super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        #: dtype of the rows handed to the model (the embedding's dtype before quantization); follows casts.
-        self.output_dtype = dtype
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.float32, device=None,
+                 padding_idx: int | None = None, scale: float | None = None) -> None:
+        super().__init__(num_embeddings, embedding_dim, dtype, padding_idx, scale)
         self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
 
     @classmethod
-    def tied_to(cls, head: Int8DynamicLinear, dtype: torch.dtype = torch.float32) -> Int8Embedding:
+    def tied_to(cls, head: Int8DynamicLinear, dtype: torch.dtype = torch.float32, padding_idx: int | None = None,
+                scale: float | None = None) -> Int8Embedding:
         """An embedding reading ``head``'s int8 weight and scales (the very same tensors)."""
-        embedding = cls(head.out_features, head.in_features, dtype=dtype, device="meta")
+        embedding = cls(head.out_features, head.in_features, dtype=dtype, device="meta", padding_idx=padding_idx,
+                        scale=scale)
         embedding.weight, embedding.weight_scale = head.weight, head.weight_scale
         return embedding
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = nn.functional.embedding(ids, self.weight).float() * self.weight_scale[ids].unsqueeze(-1)
-        return rows.to(self.output_dtype)
-
-    def _apply(self, fn, recurse=True):
-        probe = fn(torch.zeros((), dtype=self.output_dtype))  # a cast such as .half() changes the output dtype
-        if probe.is_floating_point():
-            self.output_dtype = probe.dtype
-        return super()._apply(fn, recurse)
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.weight).float() * self.weight_scale[ids].unsqueeze(-1)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8{self.describe_scale()}"

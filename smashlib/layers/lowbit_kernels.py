@@ -24,24 +24,37 @@ docs/torch_dynamic.md), so it is not used here.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch.nn import functional as F
 
 from smashlib.layers.int8_linear import quantize_per_channel_int8
-from smashlib.layers.packed_int import PackedLinear
+from smashlib.layers.kernels import (
+    INT4_CPU_GROUPS,
+    INT4_CPU_OFFSET,
+    int4_cpu_fits,
+    int4_cpu_matmul,
+    int4_cpu_pack,
+    register_kernel,
+)
+from smashlib.layers.kernels import build_kernel as _build_from_registry
 
-#: Group sizes the int4 CPU kernel accepts, largest first.
-INT4_KERNEL_GROUPS = (256, 128, 64, 32)
-#: The int4 kernel's integers are offset by this: it computes (q - 8) * scale + zero.
-INT4_KERNEL_OFFSET = 8
+if TYPE_CHECKING:  # type hints only: packed_int imports this module lazily, at kernel-build time
+    from smashlib.layers.packed_int import PackedLinear
+
+#: The kernels' parameters, under the names this module exported before they moved to smashlib.layers.kernels.
+INT4_KERNEL_GROUPS = INT4_CPU_GROUPS
+INT4_KERNEL_OFFSET = INT4_CPU_OFFSET
+#: The weight format of PackedLinear in the kernel registry.
+PACKED_INT = "packed_int"
 
 
 def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return y if bias is None else y + bias.to(y.dtype)
 
 
+@register_kernel(PACKED_INT, "cpu")
 class Int4PackCPU:
     """2/3/4-bit weights on PyTorch's int4 CPU kernel (bf16 activations, fp32 accumulation)."""
 
@@ -61,20 +74,16 @@ class Int4PackCPU:
         return (
             layer.qweight.device.type == "cpu"
             and layer.bits <= 4
-            and layer.out_features % 16 == 0
-            and cls.kernel_group(layer) is not None
+            and int4_cpu_fits(layer.in_features, layer.out_features, cls.kernel_group(layer))
         )
 
     def __init__(self, layer: PackedLinear) -> None:
         self.group = self.kernel_group(layer)
         q, zeros = layer.integers()
-        self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         stored = layer.in_features if layer.group_size == -1 else layer.group_size
         # kernel group c covers stored columns [c * group, (c + 1) * group): all in stored group c * group // stored
         which = torch.arange(0, layer.in_features, self.group) // stored
-        scales = layer.scales.float()[:, which]
-        offsets = scales * (INT4_KERNEL_OFFSET - zeros.float()[:, which])
-        self.scales_and_zeros = torch.stack([scales, offsets], dim=-1).transpose(0, 1).to(torch.bfloat16).contiguous()
+        self.weight, self.scales_and_zeros = int4_cpu_pack(q, layer.scales[:, which], zeros[:, which])
         self.perm = layer.perm.long() if layer.perm is not None else None
         self.bias = layer.bias
         self.out_features = layer.out_features
@@ -83,12 +92,11 @@ class Int4PackCPU:
         rows = x.reshape(-1, x.shape[-1])
         if self.perm is not None:
             rows = rows.index_select(1, self.perm)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            rows.to(torch.bfloat16), self.weight, self.group, self.scales_and_zeros
-        )
+        y = int4_cpu_matmul(rows, self.weight, self.group, self.scales_and_zeros)
         return _add_bias(y.to(x.dtype), self.bias).reshape(*x.shape[:-1], self.out_features)
 
 
+@register_kernel(PACKED_INT, "cpu")
 class Int8PackCPU:
     """8-bit weights on PyTorch's int8 weight-only CPU kernel (bf16 activations, one scale per row)."""
 
@@ -117,6 +125,7 @@ class Int8PackCPU:
         return _add_bias(y.to(x.dtype), self.bias).reshape(*x.shape[:-1], self.out_features)
 
 
+@register_kernel(PACKED_INT, "*")
 class Dequantized:
     """Any device, any shape: the weight dequantized once, run by F.linear in the activations' dtype."""
 
@@ -136,13 +145,10 @@ class Dequantized:
         return F.linear(x, self.weight, None if self.bias is None else self.bias.to(x.dtype))
 
 
-#: Tried in order; the first that fits the layer runs it.
+#: Tried in order; the first that fits the layer runs it (as registered above).
 KERNELS: tuple[type, ...] = (Int4PackCPU, Int8PackCPU, Dequantized)
 
 
 def build_kernel(layer: PackedLinear):
     """The fastest kernel form that fits ``layer`` on its current device."""
-    for kernel in KERNELS:
-        if kernel.fits(layer):
-            return kernel(layer)
-    raise AssertionError("Dequantized fits every layer")
+    return _build_from_registry(layer, PACKED_INT, layer.qweight.device.type)

@@ -26,6 +26,9 @@ import math
 import torch
 from torch import nn
 
+from smashlib.layers.quantized_linear import QuantizedLinear
+from smashlib.layers.tied_embedding import TiedEmbedding
+
 SUPPORTED_BITS = (2, 3, 4, 8)
 SCALE_DTYPE = torch.bfloat16
 #: Rows converted at a time when packing, to bound the temporary int32 copy of a large matrix.
@@ -93,7 +96,7 @@ def group_count(in_features: int, group_size: int) -> int:
     return 1 if group_size == -1 else math.ceil(in_features / group_size)
 
 
-class PackedLinear(nn.Module):
+class PackedLinear(QuantizedLinear):
     """A Linear whose weight is low-bit integers with group scales/zeros (see the module docstring).
 
     Only plain buffers are state; the kernel form is built lazily (or by :meth:`prepare_kernel`) and
@@ -111,10 +114,9 @@ class PackedLinear(nn.Module):
         bias_dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__()
         if bits not in SUPPORTED_BITS:
             raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
-        self.in_features, self.out_features = in_features, out_features
+        super().__init__(in_features, out_features)
         self.bits, self.group_size, self.act_order = bits, group_size, act_order
         groups = group_count(in_features, group_size)
         self.register_buffer("qweight", torch.zeros(out_features, packed_length(in_features, bits), dtype=torch.uint8, device=device))
@@ -122,8 +124,6 @@ class PackedLinear(nn.Module):
         self.register_buffer("qzeros", torch.zeros(out_features, packed_length(groups, bits), dtype=torch.uint8, device=device))
         self.register_buffer("perm", torch.arange(in_features, dtype=torch.int32, device=device) if act_order else None)
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
-        self._kernel = None
-        self._register_load_state_dict_pre_hook(self._forget_kernel)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -181,29 +181,23 @@ class PackedLinear(nn.Module):
         return original
 
     # ------------------------------------------------------------------ execution
-    def prepare_kernel(self) -> None:
-        """Build the kernel form now (after quantizing or loading), so the first call is not slower."""
+    def build_kernel(self):
+        """The fastest registered kernel form for this layer on its device (smashlib.layers.lowbit_kernels)."""
         from smashlib.layers.lowbit_kernels import build_kernel
 
-        self._kernel = build_kernel(self)
+        return build_kernel(self)
+
+    def prepare_kernel(self) -> None:
+        """Build the kernel form now (after quantizing or loading), so the first call is not slower."""
+        self.invalidate_kernel()
+        self.kernel  # noqa: B018  (builds and caches it)
 
     @property
     def kernel_name(self) -> str:
-        if self._kernel is None:
-            self.prepare_kernel()
-        return self._kernel.name
+        return self.kernel.name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._kernel is None:
-            self.prepare_kernel()
-        return self._kernel(x)
-
-    def _forget_kernel(self, *args, **kwargs) -> None:
-        self._kernel = None
-
-    def _apply(self, fn, recurse=True):
-        self._kernel = None  # moving or casting invalidates the derived form
-        return super()._apply(fn, recurse)
+        return self.kernel(x)
 
     def extra_repr(self) -> str:
         return (
@@ -212,26 +206,28 @@ class PackedLinear(nn.Module):
         )
 
 
-class PackedEmbedding(nn.Module):
+class PackedEmbedding(TiedEmbedding):
     """An embedding that reads its table from a :class:`PackedLinear` output head it is tied to.
 
-    Models like SmolLM2 use one matrix as input embedding and output head. Once the head is
-    quantized, the embedding looks up and dequantizes the head's rows instead of keeping its own copy,
-    so the table is stored once, packed. The head is held as a plain reference, not a submodule, so
-    the state dict holds its tensors once.
+    Once the head is quantized, the embedding looks up and dequantizes the head's rows instead of
+    keeping its own copy, so the table is stored once, packed. The head is held as a plain reference,
+    not a submodule, so the state dict holds its tensors once.
     """
 
-    def __init__(self, head: PackedLinear, padding_idx: int | None = None, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
+    def __init__(self, head: PackedLinear, padding_idx: int | None = None, dtype: torch.dtype = torch.float32,
+                 scale: float | None = None) -> None:
+        super().__init__(head.out_features, head.in_features, dtype, padding_idx, scale)
         object.__setattr__(self, "_head", head)
-        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
-        self.padding_idx, self.dtype = padding_idx, dtype
 
     @property
     def head(self) -> PackedLinear:
         return self._head
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    @property
+    def dtype(self) -> torch.dtype:  # the name this class used before it shared TiedEmbedding's
+        return self.output_dtype
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
         head = self._head
         flat = ids.reshape(-1)
         q = unpack_bits(head.qweight.index_select(0, flat), head.bits, head.in_features)
@@ -242,7 +238,7 @@ class PackedEmbedding(nn.Module):
             original = torch.empty_like(rows)
             original[:, head.perm.long()] = rows
             rows = original
-        return rows.to(self.dtype).reshape(*ids.shape, head.in_features)
+        return rows.reshape(*ids.shape, head.in_features)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, tied to a packed {self._head.bits}-bit head"
+        return f"{self.num_embeddings}, {self.embedding_dim}, tied to a packed {self._head.bits}-bit head{self.describe_scale()}"

@@ -1,0 +1,51 @@
+"""Folders saved by smashlib before target_modules (smash_config.json schema 1) still load, to the same outputs.
+
+tests/fixtures/schema1/<algorithm>/ was written by make_fixtures.py with main at 7a6bc76 (keep_full_precision,
+keep_output_head and gptq_output_head), with the logits the smashed model gave on fixed ids.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from smashlib import SmashConfig, SmashedModel, registry
+
+FIXTURES = Path(__file__).parent / "fixtures" / "schema1"
+#: What each old setting became (the same layers are quantized: the logits below prove it).
+UPGRADED = {
+    "torch_dynamic": {"torch_dynamic_target_modules": "all_linear"},
+    "torchao": {"torchao_target_modules": "all_but_outlier_layers"},
+    "quanto": {"quanto_target_modules": "all_but_outlier_layers_and_output_head"},
+    "hqq": {"hqq_target_modules": "all_but_output_head"},
+    "bnb_4bit": {"bnb_4bit_target_modules": "all_linear"},
+    "llm_int8": {"llm_int8_target_modules": "all_but_output_head"},
+    "torch_unstructured": {"torch_unstructured_target_modules": "all_linear"},
+    "gptq": {"gptq_target_modules": "all_linear", "gptq_output_head_precision": "int8"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(UPGRADED))
+def test_a_schema1_folder_loads_with_its_settings_upgraded_and_gives_the_saved_logits(name):
+    if registry.get_algorithm(name).missing_packages():
+        pytest.skip(f"{name} needs {registry.get_algorithm(name).missing_packages()}")
+    folder = FIXTURES / name
+    assert json.loads((folder / "smash_config.json").read_text())["schema_version"] == 1
+    loaded = SmashedModel.from_pretrained(folder, device="cpu")
+    for key, value in UPGRADED[name].items():
+        assert loaded.smash_config[key] == value
+    expected = json.loads((folder / "expected_logits.json").read_text())
+    with torch.no_grad():
+        logits = loaded(input_ids=torch.tensor(expected["input_ids"])).logits
+    reference = torch.tensor(expected["logits"])
+    assert torch.allclose(logits, reference, rtol=1e-4, atol=1e-4), (logits - reference).abs().max()
+
+
+def test_old_keys_are_mapped_only_for_old_schemas():
+    payload = {"schema_version": 1, "values": {"quantizer": "hqq", "hqq_keep_output_head": False}}
+    assert SmashConfig.from_json_dict(payload, device="cpu")["hqq_target_modules"] == "all_linear"
+    payload = {"schema_version": 1, "values": {"quantizer": "gptq", "gptq_output_head": "keep"}}
+    cfg = SmashConfig.from_json_dict(payload, device="cpu")
+    assert cfg["gptq_target_modules"] == "all_but_output_head" and cfg["gptq_output_head_precision"] == "weight_bits"
