@@ -3,7 +3,7 @@
 Why: at long contexts the KV cache, not the weights, fills memory (SmolLM2-135M: 46 KB per token in
 fp32, 94 MB at 2048 tokens for one sequence). transformers' QuantizedCache (KIVI-style) keeps the most
 recent ``residual_length`` tokens in full precision and the rest quantized group-wise (groups of
-``group_size``), through the hqq (4 or 8 bits) or quanto (4 bits) backend; each step dequantizes the
+``group_size`` values, capped to divide the head size), through the hqq (4 or 8 bits) or quanto (4 bits) backend; each step dequantizes the
 old part to attend over it, so it trades some speed for memory.
 
 Applies to ``generate`` calls that pass no cache of their own (a wrapper passes a fresh QuantizedCache);
@@ -12,6 +12,7 @@ plain forward calls keep the default cache. Runtime only: nothing is saved, load
 from __future__ import annotations
 
 import importlib.util
+import math
 
 from ConfigSpace import Categorical, Integer
 
@@ -34,14 +35,28 @@ def _installed(module: str) -> bool:
         return False
 
 
+def group_size_for(model, group_size: int) -> int:
+    """``group_size`` capped to divide the model's head size.
+
+    Why: hqq needs the number of cached values to be a multiple of the group size, and a cache holds
+    batch x heads x tokens x head size values; a group that divides the head size divides every cache,
+    whatever the batch and the number of tokens (SmolLM2: head size 64, so 64 is kept).
+    """
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return math.gcd(group_size, head_size)
+
+
 def quantized_cache_factory(model, settings):
     """A function that makes a fresh QuantizedCache for ``model`` with these settings."""
     from transformers import QuantizedCache
 
+    group_size = group_size_for(model, settings["group_size"])
+
     def make():
         return QuantizedCache(
             backend=settings["backend"], config=model.config, nbits=settings["bits"],
-            q_group_size=settings["group_size"], residual_length=settings["residual_length"],
+            q_group_size=group_size, residual_length=settings["residual_length"],
         )
 
     return make
