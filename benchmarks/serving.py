@@ -173,7 +173,10 @@ def bench_kv(model: Any, tokenizer: Any, args: argparse.Namespace) -> list[str]:
         (f"| fp32 (DynamicCache) | {plain_bytes / 2**20:.1f} MiB | 1.00 | {args.kv_new_tokens}/{args.kv_new_tokens} "
         "| - | 1.00 |"),
     ]
+    chosen = [part.strip() for part in args.kv_variants.split(",")] if args.kv_variants else None
     for label, values in KV_SETTINGS:
+        if chosen is not None and label not in chosen:
+            continue
         smashed = smashed_copy(model, tokenizer, {"cacher": "quantized_kv", **values})
         tokens, held, seconds = run(smashed)
         equal = int((tokens == plain_tokens).sum())
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=6, help="time-to-first-token pairs (median)")
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--kv-new-tokens", type=int, default=32)
+    parser.add_argument("--kv-variants", help=f"comma-separated, among: {', '.join(k for k, _ in KV_SETTINGS)}")
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args(argv)
 
