@@ -59,6 +59,10 @@ class SmashedModelLoadError(SmashError, OSError):
     """A saved smashed model cannot be loaded (missing, corrupt or from a newer smashlib)."""
 
 
+class InvalidInputError(SmashError, ValueError):
+    """An input given to a smashed model cannot be used (e.g. one caller's request to a batcher)."""
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest candidate, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)

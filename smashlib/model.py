@@ -10,6 +10,7 @@ import torch
 
 from smashlib.config import SmashConfig
 from smashlib.errors import SmashConfigError
+from smashlib.serving.attach import batcher_of
 
 
 class AppliedSmashConfig(SmashConfig):
@@ -54,10 +55,12 @@ class SmashedModel:
         self.__dict__["smash_config"] = applied_copy(smash_config)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
+        batcher = batcher_of(self.model)  # a batcher group algorithm collects calls into batches
+        return (batcher.forward if batcher is not None else self.model)(*args, **kwargs)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model.generate(*args, **kwargs)
+        batcher = batcher_of(self.model)
+        return (batcher.generate if batcher is not None else self.model.generate)(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: forward to the wrapped model

@@ -410,9 +410,9 @@ def save_smashed_model(
 
 
 # ====================================================================== load: the hooks
-def _run_hook(algorithm: Algorithm, hook: str, model: torch.nn.Module, settings: dict) -> torch.nn.Module:
+def _run_hook(algorithm: Algorithm, hook: str, model: torch.nn.Module, settings: dict, **extra: Any) -> torch.nn.Module:
     try:
-        result = getattr(algorithm, hook)(model, settings)
+        result = getattr(algorithm, hook)(model, settings, **extra)
     except SmashError:
         raise
     except Exception as error:
@@ -776,7 +776,11 @@ def load_smashed_model(
         )
     if saved.get("files", {}).get("generation_config", True):
         _generation_config(model, folder)
-    for algorithm, settings in algorithms:
-        model = _run_hook(algorithm, "after_loading", model, settings)
+    # components first: runtime algorithms applied again below may need them (a batcher's tokenizer)
     _attach_components(config, folder, saved.get("files", {}), trust_remote_code)
+    for algorithm, settings in algorithms:
+        if algorithm.saves_state:
+            model = _run_hook(algorithm, "after_loading", model, settings)
+        else:
+            model = _run_hook(algorithm, "after_loading", model, settings, components=config.components)
     return model, config
