@@ -182,3 +182,17 @@ def test_smollm2_tokenizer_matches_llama_cpps_own_conversion(tmp_path):
     tokens, types = vocabulary(tokenizer, 49152)
     assert tokens == reference.fields["tokenizer.ggml.tokens"].contents()
     assert types == reference.fields["tokenizer.ggml.token_type"].contents()
+
+
+def test_the_command_line_writes_a_gguf(tokenizer, tmp_path):
+    from smashlib.cli import main
+
+    source = tmp_path / "tiny"
+    build_tiny("llama").save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    out = tmp_path / "model.gguf"
+    code = main(["smash", str(source), "--quantizer", "gptq", "--gptq-method", "rtn", "--gptq-grid", "q4_0",
+                 "--format", "gguf", "--out", str(out), "--quiet"])
+    assert code == 0
+    _, tensors = read(out)
+    assert tensors["blk.0.ffn_up.weight"].tensor_type.name == "Q4_0"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,14 @@ def save_compressed_tensors(smashed: Any, path: str | os.PathLike) -> Path:
             "first (or save a plain model with transformers' save_pretrained)."
         )
     schemes = {name: layer_scheme(name, layer) for name, layer in packed.items()}
+    if not all(scheme.symmetric for scheme in schemes.values()):
+        warnings.warn(
+            "format='compressed-tensors': this model has asymmetric (zero-point) grids, written as the package writes "
+            "them; vLLM reads them, but transformers 5 with compressed-tensors 0.20 cannot load packed zero points yet "
+            "(vllm-project/llm-compressor#1618). For transformers, smash with a symmetric grid: gptq_grid='q4_0' "
+            "(int4, groups of 32) or gptq_weight_bits=8.",
+            stacklevel=3,
+        )
     config = quantization_config(schemes)
     scheme_of = {}
     for group in config.config_groups.values():
