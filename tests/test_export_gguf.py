@@ -196,3 +196,16 @@ def test_the_command_line_writes_a_gguf(tokenizer, tmp_path):
     assert code == 0
     _, tensors = read(out)
     assert tensors["blk.0.ffn_up.weight"].tensor_type.name == "Q4_0"
+
+
+def test_a_saved_and_reloaded_model_exports_the_same_file(tokenizer, tmp_path):
+    from smashlib import SmashedModel
+
+    config = SmashConfig({"quantizer": "gptq", "gptq_method": "rtn", "gptq_grid": "q4_1"}, device="cpu")
+    config.add_tokenizer(tokenizer)
+    smashed = smash(build_tiny("llama"), config, verbose=False)
+    smashed.save_pretrained(tmp_path / "folder")
+    loaded = SmashedModel.from_pretrained(tmp_path / "folder")
+    first = smashed.save_pretrained(tmp_path / "a.gguf", format="gguf")
+    second = loaded.save_pretrained(tmp_path / "b.gguf", format="gguf")
+    assert first.read_bytes() == second.read_bytes()
