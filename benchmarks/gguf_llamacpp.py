@@ -9,7 +9,11 @@ For each llama.cpp type T:
                      rounds it to nearest on T's blocks;
   - "gptq T":        smashlib's GPTQ solved on T's grid (``gptq_grid``), written with
                      ``save_pretrained(format="gguf")``: the same blocks, so the same file size.
-  - "rtn T" (PyTorch only): round-to-nearest on the same grid, smashlib's own, for the PyTorch check.
+  - "rtn T" (PyTorch only): round-to-nearest on the same grid, smashlib's own, for the PyTorch check;
+  - "llama.cpp T rounding" (PyTorch only): every matrix rounded by ``gguf.quants.quantize``, the
+                     package's numpy port of llama.cpp's reference quantizer (what llama_model_quantize
+                     does for these types without an importance matrix), dequantized into the fp32
+                     model: llama.cpp's own Q4_0 values, measured without building llama.cpp.
 Perplexity is measured on the same token ids (PydocTopics' test split, windows never used to
 calibrate) in llama.cpp (llama-cpp-python) and, for the smashlib models, in PyTorch too; speed is
 llama.cpp's prefill (one window) and one-token decode rate, the models' rounds interleaved so machine
@@ -78,6 +82,24 @@ def smash_on_grid(grid: str, method: str, tokenizer: Any, samples: int) -> Any:
     if method == "gptq":
         config.add_data(DATASET)
     return smash(model, config, verbose=False)
+
+
+def llama_cpp_rounding(grid: str) -> Any:
+    """SmolLM2 with every block matrix and the tied embedding/head rounded as llama.cpp rounds them."""
+    import gguf
+    import torch
+
+    from smashlib.bundled import load_smollm2
+
+    model, _ = load_smollm2()
+    qtype = getattr(gguf.GGMLQuantizationType, grid.upper())
+    matrices = [m.weight for layer in model.model.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    matrices.append(model.model.embed_tokens.weight)  # tied to lm_head: rounded once, as in a pure file
+    with torch.no_grad():
+        for weight in matrices:
+            rounded = gguf.quants.dequantize(gguf.quants.quantize(weight.numpy(), qtype), qtype)
+            weight.copy_(torch.from_numpy(rounded))
+    return model
 
 
 def llama_cpp_quantize(source: Path, target: Path, grid: str) -> None:
@@ -170,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {}
     model, _ = load_smollm2()
     rows["fp32"] = {"torch perplexity": torch_perplexity(model, windows)}
+    say(f"fp32: {rows['fp32']}")
     f32 = save_gguf(model, folder / "smollm2-f32.gguf", tokenizer=tokenizer)
     rows["fp32"]["MB"] = f32.stat().st_size / 1e6
     del model
@@ -186,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
                 files[label] = smashed.save_pretrained(folder / f"smollm2-gptq-{grid}.gguf", format="gguf")
                 rows[label]["MB"] = files[label].stat().st_size / 1e6
             del smashed
+        reference = llama_cpp_rounding(grid)
+        rows[f"llama.cpp {grid} rounding"] = {"torch perplexity": torch_perplexity(reference, windows)}
+        say(f"llama.cpp {grid} rounding: {rows[f'llama.cpp {grid} rounding']}")
+        del reference
         if have_llama_cpp:
             files[f"llama.cpp {grid}"] = folder / f"smollm2-llamacpp-{grid}.gguf"
             llama_cpp_quantize(f32, files[f"llama.cpp {grid}"], grid)
