@@ -190,16 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
 
     rows: dict[str, dict[str, Any]] = {}
-    model, _ = load_smollm2()
-    rows["fp32"] = {"torch perplexity": torch_perplexity(model, windows)}
-    say(f"fp32: {rows['fp32']}")
-    f32 = save_gguf(model, folder / "smollm2-f32.gguf", tokenizer=tokenizer)
-    rows["fp32"]["MB"] = f32.stat().st_size / 1e6
-    del model
-    files = {"fp32": f32}
     have_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+    files: dict[str, Path] = {}
+    # the comparison first (the machine may be slow): llama.cpp's rounding, GPTQ, then RTN and fp32
     for grid in grids:
-        for method in ("rtn", "gptq"):
+        reference = llama_cpp_rounding(grid)
+        rows[f"llama.cpp {grid} rounding"] = {"torch perplexity": torch_perplexity(reference, windows)}
+        say(f"llama.cpp {grid} rounding: {rows[f'llama.cpp {grid} rounding']}")
+        del reference
+        for method in ("gptq", "rtn"):
             label = f"{method} {grid}"
             started = time.perf_counter()
             smashed = smash_on_grid(grid, method, tokenizer, args.samples)
@@ -209,13 +208,17 @@ def main(argv: list[str] | None = None) -> int:
                 files[label] = smashed.save_pretrained(folder / f"smollm2-gptq-{grid}.gguf", format="gguf")
                 rows[label]["MB"] = files[label].stat().st_size / 1e6
             del smashed
-        reference = llama_cpp_rounding(grid)
-        rows[f"llama.cpp {grid} rounding"] = {"torch perplexity": torch_perplexity(reference, windows)}
-        say(f"llama.cpp {grid} rounding: {rows[f'llama.cpp {grid} rounding']}")
-        del reference
+    model, _ = load_smollm2()
+    rows["fp32"] = {"torch perplexity": torch_perplexity(model, windows)}
+    say(f"fp32: {rows['fp32']}")
+    if have_llama_cpp:
+        files["fp32"] = save_gguf(model, folder / "smollm2-f32.gguf", tokenizer=tokenizer)
+        rows["fp32"]["MB"] = files["fp32"].stat().st_size / 1e6
+    del model
+    for grid in grids:
         if have_llama_cpp:
             files[f"llama.cpp {grid}"] = folder / f"smollm2-llamacpp-{grid}.gguf"
-            llama_cpp_quantize(f32, files[f"llama.cpp {grid}"], grid)
+            llama_cpp_quantize(files["fp32"], files[f"llama.cpp {grid}"], grid)
     if have_llama_cpp:
         for label, values in llama_cpp_measurements(files, windows, args.threads, args.rounds).items():
             rows.setdefault(label, {}).update(values)
