@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from smashlib.errors import SmashConfigError, SmashError
+from smashlib.export import FORMATS
 
 #: The bundled model, usable wherever a model folder or Hub id is expected.
 BUNDLED_ALIASES = ("smollm2",)
@@ -306,7 +307,7 @@ def cmd_smash(args: argparse.Namespace) -> int:
     if args.out:
         if "save_pretrained" not in vars(SmashedModel):
             raise SmashError("saving needs SmashedModel.save_pretrained (smashlib.serialization), missing here.")
-        saved = smashed.save_pretrained(args.out)
+        saved = smashed.save_pretrained(args.out, format=args.format)
         payload["saved_to"] = str(saved)
         lines.append(f"saved to {saved}")
     if args.report:
@@ -513,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     smash_parser.add_argument("model", metavar="MODEL_DIR_OR_ID")
     smash_parser.add_argument("--out", metavar="DIR", help="folder to save the smashed model to")
+    smash_parser.add_argument(
+        "--format", default="smashlib", choices=sorted(FORMATS),
+        help="how --out is written: smashlib's folder (default), compressed-tensors (transformers, vLLM) or gguf "
+        "(llama.cpp: a file; needs --gptq-grid q8_0|q4_0|q4_1); see docs/export.md",
+    )
     smash_parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     smash_parser.add_argument("--tokenizer", metavar="DIR_OR_ID", help="default: the tokenizer saved with the model")
     smash_parser.add_argument("--data", metavar="NAME", help="dataset for calibration (cfg.add_data), e.g. PydocTopics")

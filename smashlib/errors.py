@@ -67,3 +67,7 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest candidate, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+class UnsupportedExportError(SmashError, ValueError):
+    """A smashed model (an algorithm, a grid or an architecture) that a saving format cannot represent."""

@@ -81,8 +81,16 @@ class SmashedModel:
         return [algorithm.name for algorithm in self.smash_config.chosen_algorithms()]
 
     # ------------------------------------------------------------------ saving (smashlib.serialization, smashlib.hub)
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write weights (compressed as they are), configs, tokenizer and smash_config.json, atomically."""
+    def save_pretrained(self, save_directory: str | os.PathLike, format: str = "smashlib", **options: Any) -> Path:
+        """Write weights (compressed as they are), configs, tokenizer and smash_config.json, atomically.
+
+        ``format="compressed-tensors"`` or ``"gguf"`` writes what other engines read instead
+        (transformers/vLLM, llama.cpp; see smashlib.export and docs/export.md).
+        """
+        if format != "smashlib":
+            from smashlib.export import export
+
+            return export(self, save_directory, format, **options)
         from smashlib.serialization import save_smashed_model
 
         return save_smashed_model(self.model, self.smash_config, save_directory, report=self.report)

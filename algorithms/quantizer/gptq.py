@@ -19,6 +19,7 @@ from torch import nn
 
 from smashlib.algorithm import Algorithm
 from smashlib.errors import SmashConfigError, UnsupportedModelError
+from smashlib.gptq.block_grids import BLOCK_GRIDS
 from smashlib.gptq.layerwise import (
     Grid,
     SolverOptions,
@@ -43,11 +44,17 @@ OLD_OUTPUT_HEAD = {
 }
 
 
+def grid_kind(settings: dict[str, Any]) -> str:
+    return settings.get("grid", "minmax")  # older saved configs have no gptq_grid
+
+
 def layer_grid(settings: dict[str, Any]) -> Grid:
     """The grid of the block layers. Act-order is a GPTQ ordering: round-to-nearest has no column order,
-    so its layers store no permutation (and run without the gather it would cost)."""
-    act_order = bool(settings["desc_act"]) and settings["method"] == "gptq"
-    return Grid(int(settings["weight_bits"]), int(settings["group_size"]), act_order)
+    so its layers store no permutation (and run without the gather it would cost). llama.cpp's block
+    grids keep the columns in order too: a GGUF block is 32 consecutive input columns."""
+    kind = grid_kind(settings)
+    act_order = bool(settings["desc_act"]) and settings["method"] == "gptq" and kind == "minmax"
+    return Grid(int(settings["weight_bits"]), int(settings["group_size"]), act_order, kind)
 
 
 def head_grid(settings: dict[str, Any], head_targeted: bool = True) -> Grid | None:
@@ -55,7 +62,8 @@ def head_grid(settings: dict[str, Any], head_targeted: bool = True) -> Grid | No
     if not head_targeted:
         return None
     if settings["output_head_precision"] == "int8":
-        return Grid(8, -1, False)
+        # on a GGUF grid the 8-bit head is Q8_0 (blocks of 32), which llama.cpp reads
+        return Grid(8, -1, False) if grid_kind(settings) == "minmax" else Grid(8, 32, False, "q8_0")
     return layer_grid(settings)
 
 
@@ -76,6 +84,7 @@ class GPTQ(Algorithm):
         Categorical("output_head_precision", list(OUTPUT_HEAD_PRECISIONS), default="weight_bits"),
         Categorical("backend", ["torch", "gptqmodel"], default="torch"),
         Categorical("method", ["gptq", "rtn"], default="gptq"),
+        Categorical("grid", ["minmax", *BLOCK_GRIDS], default="minmax"),
     )
 
     @classmethod
@@ -106,6 +115,17 @@ class GPTQ(Algorithm):
         return () if settings["method"] == "rtn" else self.requires
 
     def check_settings(self, settings, device):
+        kind = grid_kind(settings)
+        if kind in BLOCK_GRIDS:
+            bits, block = BLOCK_GRIDS[kind]
+            if (int(settings["weight_bits"]), int(settings["group_size"])) != (bits, block):
+                raise SmashConfigError(
+                    f"gptq_grid={kind!r} is llama.cpp's {kind.upper()} grid: {bits}-bit values in blocks of {block}; "
+                    f"set gptq_weight_bits={bits} and gptq_group_size={block} (got {settings['weight_bits']} and "
+                    f"{settings['group_size']})."
+                )
+            if settings["backend"] != "torch":
+                raise SmashConfigError(f"gptq_grid={kind!r} is solved by smashlib's own code: it needs gptq_backend='torch'.")
         if settings["method"] == "rtn" and settings["backend"] == "gptqmodel":
             raise SmashConfigError(
                 "gptq_method='rtn' rounds to nearest in smashlib's own code: it needs gptq_backend='torch'."

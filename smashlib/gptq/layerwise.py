@@ -71,11 +71,13 @@ def find_layout(model: nn.Module) -> Layout | None:
 # ====================================================================== what gets quantized
 @dataclass(frozen=True)
 class Grid:
-    """How one layer is quantized: bits per weight, group size (-1: one group per row), act-order."""
+    """How one layer is quantized: bits per weight, group size (-1: one group per row), act-order, and
+    the grid's kind: "minmax", or a llama.cpp block grid ("q8_0", "q4_0", "q4_1") for GGUF export."""
 
     bits: int
     group_size: int
     act_order: bool
+    kind: str = "minmax"
 
 
 def block_layer_names(model: nn.Module, layout: Layout, targets: Container[str] | None = None) -> list[list[str]]:
@@ -248,9 +250,11 @@ def solve_group(modules: Sequence[nn.Module], hessian: torch.Tensor | None, grid
     stacked = torch.cat(weights) if len(weights) > 1 else weights[0]
     with one_thread():
         if options.method == "rtn" or hessian is None:
-            quantized = rtn_quantize(stacked, grid.bits, grid.group_size)
+            quantized = rtn_quantize(stacked, grid.bits, grid.group_size, grid.kind)
         else:
-            quantized = gptq_quantize(stacked, hessian, grid.bits, grid.group_size, options.damp_percent, grid.act_order)
+            quantized = gptq_quantize(
+                stacked, hessian, grid.bits, grid.group_size, options.damp_percent, grid.act_order, grid_kind=grid.kind
+            )
         packed, start = [], 0
         for module, weight in zip(modules, weights):
             packed.append(packed_from(module, quantized.rows(start, start + weight.shape[0]), grid))

@@ -1,0 +1,214 @@
+"""``format="compressed-tensors"``: a folder plain transformers loads (and vLLM, SGLang, TGI serve).
+
+compressed-tensors (the format of vLLM's llm-compressor) stores a quantized Linear as
+
+    pack-quantized  weight_packed int32 (values packed 32 to num_bits words), weight_scale [out, groups],
+                    weight_zero_point int32 (packed along the rows; asymmetric grids only), weight_shape
+    int-quantized   weight int8, weight_scale [out, groups]                (8-bit symmetric)
+
+with ``w = scale * (q - zero_point)`` and q signed (int4: -8..7). smashlib's packed layers hold the same
+thing with unsigned integers, so a GPTQ layer maps to it exactly: ``q - 2**(bits-1)`` and
+``zero - 2**(bits-1)``. The tensors are written by the package's own compressors (fed our dense
+weight and our scales and zero points, they re-derive our very integers: ``w / scale`` is exact), and
+``quantization_config`` by its own pydantic models and ``ModelCompressor.update_config``.
+
+Not representable, and refused: act-order with groups (compressed-tensors removed its ``g_idx``
+"group" activation ordering; a GPTQ result with ``gptq_desc_act=True`` and ``gptq_group_size=-1``, or
+with ``gptq_desc_act=False``, is fine), and any algorithm other than gptq.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from smashlib.errors import UnsupportedExportError
+from smashlib.export.checks import refuse_algorithms, unwrap
+from smashlib.layers.packed_int import PackedEmbedding, PackedLinear
+
+FORMAT = "compressed-tensors"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class LayerScheme:
+    """The compressed-tensors scheme one packed layer needs."""
+
+    bits: int
+    group_size: int  # -1: one scale per output channel
+    symmetric: bool
+
+    @property
+    def compression_format(self) -> str:
+        return "int-quantized" if self.bits == 8 and self.symmetric else "pack-quantized"
+
+
+def layer_scheme(name: str, layer: PackedLinear) -> LayerScheme:
+    if layer.perm is not None and layer.group_size != -1:
+        raise UnsupportedExportError(
+            f"{name} is GPTQ with act-order and groups of {layer.group_size}: its groups are not runs of "
+            f"consecutive input columns, which compressed-tensors (since it dropped g_idx) cannot store. "
+            "Re-smash with gptq_desc_act=False, or gptq_group_size=-1."
+        )
+    _, zeros = layer.integers()
+    middle = 1 << (layer.bits - 1)
+    return LayerScheme(layer.bits, layer.group_size, bool((zeros == middle).all()))
+
+
+def quantization_args(scheme: LayerScheme) -> Any:
+    from compressed_tensors.quantization import QuantizationArgs
+
+    grouped = scheme.group_size != -1
+    return QuantizationArgs(
+        num_bits=scheme.bits,
+        type="int",
+        symmetric=scheme.symmetric,
+        strategy="group" if grouped else "channel",
+        group_size=scheme.group_size if grouped else None,
+    )
+
+
+def quantization_config(schemes: dict[str, LayerScheme]) -> Any:
+    """The package's QuantizationConfig for layer name -> scheme: one config group per distinct scheme,
+    targeting its layers by exact name (regex), so nothing else in the model is touched."""
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme, QuantizationStatus
+
+    by_scheme: dict[LayerScheme, list[str]] = {}
+    for name, scheme in schemes.items():
+        by_scheme.setdefault(scheme, []).append(name)
+    groups = {
+        f"group_{index}": QuantizationScheme(
+            targets=["re:^(" + "|".join(re.escape(name) for name in names) + ")$"],
+            weights=quantization_args(scheme),
+            format=scheme.compression_format,
+        )
+        for index, (scheme, names) in enumerate(by_scheme.items())
+    }
+    formats = {scheme.compression_format for scheme in by_scheme}
+    return QuantizationConfig(
+        config_groups=groups,
+        format=formats.pop() if len(formats) == 1 else "mixed-precision",
+        quantization_status=QuantizationStatus.COMPRESSED,
+    )
+
+
+def compressed_layer(layer: PackedLinear, scheme: LayerScheme, config_scheme: Any) -> dict[str, torch.Tensor]:
+    """The layer's tensors as the package's compressor for its format writes them."""
+    from compressed_tensors.compressors import BaseCompressor
+
+    compressor = BaseCompressor.get_value_from_registry(scheme.compression_format)
+    middle = 1 << (layer.bits - 1)
+    _, zeros = layer.integers()
+    # fp32 throughout: scale * (q - zero) and its division by scale are then exact
+    state = {"weight": layer.dequantize(torch.float32), "weight_scale": layer.scales.float()}
+    if not scheme.symmetric:
+        state["weight_zero_point"] = (zeros.to(torch.int16) - middle).to(torch.int8)
+    compressed = dict(compressor.compress(state, config_scheme))
+    compressed["weight_scale"] = compressed["weight_scale"].to(layer.scales.dtype)  # bf16: exact
+    if layer.bias is not None:
+        compressed["bias"] = layer.bias.detach()
+    return compressed
+
+
+def dense_tensors(model: nn.Module, packed_names: set[str]) -> dict[str, torch.Tensor]:
+    """Everything that is not a packed layer, as the plain model names it; a packed (tied) embedding
+    becomes its dense table, since the engine's embedding cannot read a quantized head's tensors."""
+    tensors: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        if module_name in packed_names:
+            continue
+        if isinstance(module, PackedEmbedding):
+            tensors[f"{module_name}.weight"] = module.head.dequantize(torch.float32).to(module.dtype)
+            continue
+        for key, tensor in module.named_parameters(recurse=False):
+            tensors[f"{module_name}.{key}" if module_name else key] = tensor.detach()
+        for key, tensor in module.named_buffers(recurse=False):
+            if tensor is not None and key not in module._non_persistent_buffers_set:
+                tensors[f"{module_name}.{key}" if module_name else key] = tensor.detach()
+    return tensors
+
+
+def _drop_shared(tensors: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
+    """A tied, unquantized head shares the embedding's storage: keep one copy (transformers re-ties)."""
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    kept = {}
+    for name, tensor in tensors.items():
+        key = (tensor.untyped_storage().data_ptr(), tuple(tensor.shape))
+        if tied and key in seen:
+            continue
+        seen[key] = name
+        kept[name] = tensor.contiguous()
+    return kept
+
+
+def save_compressed_tensors(smashed: Any, path: str | os.PathLike) -> Path:
+    """Write ``smashed`` (a gptq result) as a compressed-tensors folder; see the module docstring."""
+    from compressed_tensors.compressors import ModelCompressor
+    from safetensors.torch import save_file
+
+    from smashlib.atomic import atomic_folder
+
+    model, algorithms = unwrap(smashed)
+    refuse_algorithms(
+        algorithms, ("gptq",), FORMAT,
+        "Re-smash with quantizer='gptq' (gptq_method='gptq' or 'rtn') to get int4/int8 weights it can store.",
+    )
+    packed = {name: module for name, module in model.named_modules() if isinstance(module, PackedLinear)}
+    if not packed:
+        raise UnsupportedExportError(
+            f"format={FORMAT!r} stores quantized layers, and this model has none: smash it with quantizer='gptq' "
+            "first (or save a plain model with transformers' save_pretrained)."
+        )
+    schemes = {name: layer_scheme(name, layer) for name, layer in packed.items()}
+    if not all(scheme.symmetric for scheme in schemes.values()):
+        warnings.warn(
+            "format='compressed-tensors': this model has asymmetric (zero-point) grids, written as the package writes "
+            "them; vLLM reads them, but transformers 5 with compressed-tensors 0.20 cannot load packed zero points yet "
+            "(vllm-project/llm-compressor#1618). For transformers, smash with a symmetric grid: gptq_grid='q4_0' "
+            "(int4, groups of 32) or gptq_weight_bits=8.",
+            stacklevel=3,
+        )
+    config = quantization_config(schemes)
+    scheme_of = {}
+    for group in config.config_groups.values():
+        pattern = re.compile(group.targets[0][len("re:"):])
+        scheme_of.update({name: group for name in packed if pattern.match(name)})
+    tensors = {}
+    for name, layer in packed.items():
+        for key, tensor in compressed_layer(layer, schemes[name], scheme_of[name]).items():
+            tensors[f"{name}.{key}"] = tensor.contiguous()
+    model_config = getattr(model, "config", None)
+    untie = any(isinstance(m, PackedEmbedding) for m in model.modules())
+    tied = bool(getattr(model_config, "tie_word_embeddings", False)) and not untie
+    tensors.update(_drop_shared(dense_tensors(model, set(packed)), tied))
+
+    components = getattr(getattr(smashed, "smash_config", None), "components", None)
+    with atomic_folder(path) as staging:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        if model_config is not None:
+            model_config.save_pretrained(staging)
+            _edit_config(staging / "config.json", untie)
+            ModelCompressor(quantization_config=config).update_config(str(staging))
+        generation_config = getattr(model, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(staging)
+        tokenizer = getattr(components, "tokenizer", None)
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(staging)
+    return Path(path).absolute()
+
+
+def _edit_config(config_file: Path, untie: bool) -> None:
+    """Drop a quantization_config left from an earlier load; untie a head whose embedding is written dense."""
+    data = json.loads(config_file.read_text())
+    data.pop("quantization_config", None)
+    if untie:
+        data["tie_word_embeddings"] = False
+    config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

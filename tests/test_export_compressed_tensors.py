@@ -1,0 +1,108 @@
+"""compressed-tensors export: plain transformers loads the folder and computes what smashlib computes,
+the config validates against the package's own schema, the package's decompressor gives back our
+weights exactly, and what the format cannot hold is refused."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from smashlib import SmashConfig, smash
+from smashlib.errors import UnsupportedExportError
+from smashlib.layers.packed_int import PackedLinear
+from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer
+
+pytest.importorskip("compressed_tensors")
+
+FAST = {"gptq_calibration_samples": 8, "gptq_sequence_length": 128}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def smash_gptq(tokenizer, **values):
+    config = SmashConfig({"quantizer": "gptq", **FAST, **values}, device="cpu")
+    config.add_tokenizer(tokenizer)
+    config.add_data("PydocTopics")
+    return smash(build_tiny("llama"), config, verbose=False)
+
+
+def config_of(folder):
+    return json.loads((folder / "config.json").read_text())["quantization_config"]
+
+
+@pytest.mark.parametrize(
+    "values, expected_format",
+    [
+        ({"gptq_grid": "q4_0", "gptq_weight_bits": 4}, "pack-quantized"),  # symmetric int4, groups of 32
+        ({"gptq_weight_bits": 8, "gptq_group_size": -1}, "int-quantized"),  # int8, one scale per channel
+        ({"gptq_grid": "q4_0", "gptq_output_head": "int8"}, "mixed-precision"),  # int4 layers, int8 head
+    ],
+)
+def test_plain_transformers_loads_it_and_computes_smashlibs_logits(tokenizer, tmp_path, values, expected_format):
+    from compressed_tensors.quantization import QuantizationConfig
+    from transformers import AutoModelForCausalLM
+
+    smashed = smash_gptq(tokenizer, **values)
+    folder = smashed.save_pretrained(tmp_path / "ct", format="compressed-tensors")
+    quantization = config_of(folder)
+    assert quantization["format"] == expected_format
+    QuantizationConfig.model_validate(quantization)  # the package's pydantic schema
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    inputs = tiny_inputs("llama")
+    with torch.no_grad():
+        ours = smashed(**inputs).logits.float()
+        theirs = loaded(**inputs).logits.float()
+    # same weights; smashlib runs bf16 activations on its int4/int8 kernels, transformers bf16 weights
+    assert (ours - theirs).abs().max() < 0.02 * ours.abs().max(), (ours - theirs).abs().max()
+    # and the weights transformers decompressed are smashlib's, up to its bf16 storage of them
+    layer = smashed.model.model.layers[1].mlp.down_proj
+    weight = loaded.model.layers[1].mlp.down_proj.weight.detach().float()
+    assert torch.allclose(weight, layer.dequantize(), rtol=2**-8, atol=0)
+
+
+def test_asymmetric_grids_are_the_packages_own_tensors(tokenizer, tmp_path):
+    """Default gptq (asymmetric int4, groups of 32, no act-order): vLLM's format, and the package's own
+    decompressor recovers smashlib's weights bit for bit."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationConfig
+    from safetensors.torch import load_file
+
+    smashed = smash_gptq(tokenizer, gptq_desc_act=False)
+    with pytest.warns(UserWarning, match="llm-compressor#1618"):
+        folder = smashed.save_pretrained(tmp_path / "ct", format="compressed-tensors")
+    config = QuantizationConfig.model_validate(config_of(folder))
+    assert config.format == "pack-quantized"
+    (scheme,) = config.config_groups.values()
+    assert (scheme.weights.num_bits, scheme.weights.group_size, scheme.weights.symmetric) == (4, 32, False)
+    tensors = load_file(str(folder / "model.safetensors"))
+    compressor = BaseCompressor.get_value_from_registry("pack-quantized")
+    for name, module in smashed.model.named_modules():
+        if not isinstance(module, PackedLinear):
+            continue
+        assert tensors[f"{name}.weight_packed"].dtype == torch.int32
+        local = {key.split(".")[-1]: value for key, value in tensors.items() if key.rsplit(".", 1)[0] == name}
+        local["weight_scale"] = local["weight_scale"].float()
+        weight = compressor.decompress(local, scheme)["weight"]
+        assert torch.equal(weight.float(), module.dequantize()), name
+    # the packed head's tied embedding is written dense (an engine's embedding cannot read packed rows)
+    assert torch.equal(tensors["model.embed_tokens.weight"], smashed.model.lm_head.dequantize())
+    assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is False
+
+
+def test_act_order_with_groups_is_refused_with_the_fix(tokenizer, tmp_path):
+    smashed = smash_gptq(tokenizer, gptq_desc_act=True)
+    with pytest.raises(UnsupportedExportError, match="gptq_desc_act=False, or gptq_group_size=-1"):
+        smashed.save_pretrained(tmp_path / "ct", format="compressed-tensors")
+    assert not (tmp_path / "ct").exists()
+
+
+def test_other_algorithms_are_refused(tmp_path):
+    smashed = smash(build_tiny("llama"), SmashConfig({"quantizer": "half"}, device="cpu"), verbose=False)
+    with warnings.catch_warnings(), pytest.raises(UnsupportedExportError, match="gptq"):
+        smashed.save_pretrained(tmp_path / "ct", format="compressed-tensors")

@@ -1,0 +1,211 @@
+"""GGUF export: GPTQ on llama.cpp's grids read back by the gguf package to exactly smashlib's weights,
+Llama metadata and tokenizer as llama.cpp's converter writes them, clear refusals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from smashlib import SmashConfig, smash
+from smashlib.errors import SmashConfigError, UnknownNameError, UnsupportedExportError
+from smashlib.gptq.block_grids import block_grid_parameters, representable_scale
+from smashlib.gptq.solver import gptq_quantize, rtn_quantize
+from smashlib.layers.packed_int import PackedLinear
+from tests.tiny_models import build_tiny, tiny_tokenizer
+
+gguf = pytest.importorskip("gguf")
+
+FAST = {"gptq_calibration_samples": 8, "gptq_sequence_length": 128}
+BITS = {"q8_0": 8, "q4_0": 4, "q4_1": 4}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def smash_on_grid(tokenizer, grid: str, **values):
+    config = SmashConfig(
+        {"quantizer": "gptq", "gptq_grid": grid, "gptq_weight_bits": BITS[grid], **FAST, **values}, device="cpu"
+    )
+    config.add_tokenizer(tokenizer)
+    config.add_data("PydocTopics")
+    return smash(build_tiny("llama"), config, verbose=False)
+
+
+def read(path):
+    reader = gguf.GGUFReader(str(path))
+    return reader, {tensor.name: tensor for tensor in reader.tensors}
+
+
+def dequantized(tensor) -> np.ndarray:
+    return gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+
+
+def undo_rotary_order(array: np.ndarray, heads: int) -> np.ndarray:
+    from smashlib.export.gguf import rotary_row_order
+
+    original = np.empty_like(array)
+    original[rotary_row_order(array.shape[0], heads).numpy()] = array
+    return original
+
+
+@pytest.mark.parametrize("grid", ["q8_0", "q4_0", "q4_1"])
+def test_gguf_blocks_dequantize_to_exactly_smashlibs_weights(tokenizer, grid, tmp_path):
+    smashed = smash_on_grid(tokenizer, grid)
+    path = smashed.save_pretrained(tmp_path / "model.gguf", format="gguf")
+    _, tensors = read(path)
+    config = smashed.model.config
+    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+    checked = 0
+    for index, layer in enumerate(smashed.model.model.layers):
+        for hf, name in [("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
+                         ("self_attn.o_proj", "attn_output"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
+                         ("mlp.down_proj", "ffn_down")]:
+            module = layer.get_submodule(hf)
+            assert isinstance(module, PackedLinear)
+            tensor = tensors[f"blk.{index}.{name}.weight"]
+            assert tensor.tensor_type.name == grid.upper()
+            values = dequantized(tensor)
+            if name in heads:
+                values = undo_rotary_order(values, heads[name])
+            assert np.array_equal(values, module.dequantize().numpy()), f"blk.{index}.{name}"
+            checked += 1
+        norm = tensors[f"blk.{index}.attn_norm.weight"]
+        assert np.array_equal(dequantized(norm), layer.input_layernorm.weight.detach().numpy())
+    assert checked == 14
+    # the tied head is stored once, as token_embd, in the same blocks
+    assert "output.weight" not in tensors
+    head = smashed.model.lm_head
+    assert np.array_equal(dequantized(tensors["token_embd.weight"]), head.dequantize().numpy())
+
+
+def test_gguf_metadata_is_llamas_and_the_tokenizer_is_complete(tokenizer, tmp_path):
+    smashed = smash_on_grid(tokenizer, "q4_0")
+    reader, _ = read(smashed.save_pretrained(tmp_path / "m.gguf", format="gguf"))
+    fields = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    config = smashed.model.config
+    assert fields["general.architecture"] == "llama"
+    assert fields["llama.block_count"] == config.num_hidden_layers
+    assert fields["llama.embedding_length"] == config.hidden_size
+    assert fields["llama.feed_forward_length"] == config.intermediate_size
+    assert fields["llama.attention.head_count"] == config.num_attention_heads
+    assert fields["llama.attention.head_count_kv"] == config.num_key_value_heads
+    assert fields["llama.rope.dimension_count"] == config.hidden_size // config.num_attention_heads
+    assert fields["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q4_0)
+    assert fields["tokenizer.ggml.model"] == "gpt2"
+    vocab = tokenizer.get_vocab()
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert len(tokens) == config.vocab_size
+    assert all(tokens[index] == token for token, index in vocab.items())
+    assert len(fields["tokenizer.ggml.merges"]) > 0
+    assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.eos_token_id
+
+
+def test_gptq_beats_round_to_nearest_on_the_q4_0_grid():
+    torch.manual_seed(0)
+    mixing = torch.randn(64, 64)
+    inputs = torch.randn(2048, 64) @ mixing  # correlated inputs, where GPTQ's error feedback pays
+    weight = torch.randn(48, 64) * 0.05
+    hessian = 2 * inputs.t() @ inputs / inputs.shape[0]
+
+    def output_error(quantized):
+        return float(((inputs @ (weight - quantized.dequantize(32)).t()) ** 2).mean())
+
+    gptq = output_error(gptq_quantize(weight, hessian, 4, 32, grid_kind="q4_0"))
+    rtn = output_error(rtn_quantize(weight, 4, 32, grid_kind="q4_0"))
+    assert gptq < 0.8 * rtn, (gptq, rtn)
+
+
+def test_q4_0_grid_is_llama_cpps_choice_and_exact_in_fp16_and_bf16():
+    weight = torch.tensor([[0.3, -0.9, 0.1, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    scale, zero = block_grid_parameters(weight, "q4_0")
+    assert torch.equal(zero, torch.tensor([8.0, 8.0]))
+    assert scale[0] == representable_scale(torch.tensor(0.9 / 8))  # d = max / -8 with max = -0.9
+    assert scale[1] != 0  # an all-zero block still divides safely
+    values = torch.logspace(-9, 1, 500) * torch.where(torch.rand(500) < 0.5, -1.0, 1.0)
+    for bits in (8, 7):
+        rounded = representable_scale(values, bits)
+        assert torch.equal(rounded.half().float(), rounded) and torch.equal(rounded.bfloat16().float(), rounded)
+    q41 = representable_scale(values.abs(), 7)
+    for zero_point in range(16):
+        assert torch.equal((q41 * zero_point).half().float(), q41 * zero_point)  # Q4_1's minimum, exact
+
+
+def test_an_unquantized_llama_writes_f32_exactly(tokenizer, tmp_path):
+    from smashlib.export.gguf import save_gguf
+
+    model = build_tiny("llama")
+    _, tensors = read(save_gguf(model, tmp_path / "f32.gguf", tokenizer=tokenizer))
+    assert tensors["blk.0.ffn_down.weight"].tensor_type.name == "F32"
+    assert np.array_equal(dequantized(tensors["blk.0.ffn_down.weight"]), model.model.layers[0].mlp.down_proj.weight.detach().numpy())
+    assert "output.weight" not in tensors  # tied: llama.cpp reads token_embd
+
+
+def test_the_default_bf16_grid_is_refused_with_the_fix(tokenizer, tmp_path):
+    config = SmashConfig({"quantizer": "gptq", "gptq_method": "rtn", "gptq_desc_act": False}, device="cpu")
+    config.add_tokenizer(tokenizer)
+    smashed = smash(build_tiny("llama"), config, verbose=False)
+    with pytest.raises(UnsupportedExportError, match="gptq_grid='q8_0', 'q4_0' or 'q4_1'"):
+        smashed.save_pretrained(tmp_path / "x.gguf", format="gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_other_architectures_and_algorithms_are_refused(tokenizer, tmp_path):
+    from smashlib.export.gguf import save_gguf
+
+    with pytest.raises(UnsupportedExportError, match="Llama architecture"):
+        save_gguf(build_tiny("gpt2"), tmp_path / "g.gguf", tokenizer=tokenizer)
+    smashed = smash(build_tiny("llama"), SmashConfig({"quantizer": "half"}, device="cpu"), verbose=False)
+    with pytest.raises(UnsupportedExportError, match="half"):
+        smashed.save_pretrained(tmp_path / "h.gguf", format="gguf")
+    with pytest.raises(UnknownNameError, match="gguf"):
+        smashed.save_pretrained(tmp_path / "h.gguf", format="ggfu")
+
+
+def test_a_grid_needs_its_bits_and_block_size():
+    with pytest.raises(SmashConfigError, match="gptq_weight_bits=8 and gptq_group_size=32"):
+        smash(build_tiny("llama"), SmashConfig({"quantizer": "gptq", "gptq_grid": "q8_0", "gptq_method": "rtn"}, device="cpu"))
+
+
+@pytest.mark.real_model
+def test_smollm2_tokenizer_matches_llama_cpps_own_conversion(tmp_path):
+    """The bundled SmolLM2 GGUF was written by llama.cpp's converter: our token list, types and merges
+    for the same vocabulary must agree with it."""
+    from transformers import AutoTokenizer
+
+    from smashlib.bundled import GGUF_FILE, gguf_folder, smollm2_path
+    from smashlib.export.gguf import vocabulary
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    reference = gguf.GGUFReader(str(gguf_folder() / GGUF_FILE))
+    tokens, types = vocabulary(tokenizer, 49152)
+    assert tokens == reference.fields["tokenizer.ggml.tokens"].contents()
+    assert types == reference.fields["tokenizer.ggml.token_type"].contents()
+
+
+def test_the_command_line_writes_a_gguf(tokenizer, tmp_path):
+    from smashlib.cli import main
+
+    source = tmp_path / "tiny"
+    build_tiny("llama").save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    out = tmp_path / "model.gguf"
+    code = main(["smash", str(source), "--quantizer", "gptq", "--gptq-method", "rtn", "--gptq-grid", "q4_0",
+                 "--format", "gguf", "--out", str(out), "--quiet"])
+    assert code == 0
+    _, tensors = read(out)
+    assert tensors["blk.0.ffn_up.weight"].tensor_type.name == "Q4_0"
+
+
+def test_a_saved_and_reloaded_model_exports_the_same_file(tokenizer, tmp_path):
+    from smashlib import SmashedModel
+
+    config = SmashConfig({"quantizer": "gptq", "gptq_method": "rtn", "gptq_grid": "q4_1"}, device="cpu")
+    config.add_tokenizer(tokenizer)
+    smashed = smash(build_tiny("llama"), config, verbose=False)
+    smashed.save_pretrained(tmp_path / "folder")
+    loaded = SmashedModel.from_pretrained(tmp_path / "folder")
+    first = smashed.save_pretrained(tmp_path / "a.gguf", format="gguf")
+    second = loaded.save_pretrained(tmp_path / "b.gguf", format="gguf")
+    assert first.read_bytes() == second.read_bytes()
