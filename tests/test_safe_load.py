@@ -383,7 +383,8 @@ def test_an_older_schema_passes_each_algorithms_settings_through_upgrade_setting
 
     def rename(manifest):  # as if the hyperparameter had another name in schema 1
         values = manifest["values"]
-        values["torch_dynamic_full_precision_layers"] = values.pop("torch_dynamic_keep_full_precision")
+        values["torch_dynamic_full_precision_layers"] = values.pop("torch_dynamic_target_modules")
+        manifest["schema_version"] = 1
 
     edit_manifest(copy_of, rename)
     monkeypatch.setattr(config_module, "SCHEMA_VERSION", 2)
@@ -391,14 +392,14 @@ def test_an_older_schema_passes_each_algorithms_settings_through_upgrade_setting
 
     def upgrade(cls, settings, schema_version):
         calls.append((dict(settings), schema_version))
-        settings["keep_full_precision"] = settings.pop("full_precision_layers")
+        settings["target_modules"] = settings.pop("full_precision_layers")
         return settings
 
     monkeypatch.setattr(type(registry.get_algorithm("torch_dynamic")), "upgrade_settings", classmethod(upgrade))
     loaded = SmashedModel.from_pretrained(copy_of)
     assert len(calls) == 1 and calls[0][1] == 1 and "full_precision_layers" in calls[0][0]
-    assert loaded.smash_config["torch_dynamic_keep_full_precision"] == calls[0][0]["full_precision_layers"]
-    assert SmashConfig.load_json(copy_of / "smash_config.json")["torch_dynamic_keep_full_precision"]  # same place
+    assert loaded.smash_config["torch_dynamic_target_modules"] == calls[0][0]["full_precision_layers"]
+    assert SmashConfig.load_json(copy_of / "smash_config.json")["torch_dynamic_target_modules"]  # same place
     assert len(calls) == 2
 
 
@@ -415,4 +416,4 @@ def test_repr_html_shows_the_model_and_what_was_applied():
     smashed = smashed_tiny()
     page = smashed._repr_html_()
     assert page.startswith("<table>") and "LlamaForCausalLM" in page and "torch_dynamic" in page
-    assert "keep_full_precision=" in page and "quantizer" in page
+    assert "target_modules=" in page and "quantizer" in page
