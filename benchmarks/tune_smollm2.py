@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--budget", default="15m")
     parser.add_argument("--max-quality-drop", type=float, default=0.01)
     parser.add_argument("--out", default="tune-run")
+    parser.add_argument("--trial-time-limit", default=None, help="one trial's slot (default: half the budget)")
     parser.add_argument("--no-reference", action="store_true", help="do not measure the hand-picked recipe")
     args = parser.parse_args()
     out = Path(args.out)
@@ -34,7 +35,7 @@ def main() -> None:
     started = time.time()
     result = tune(model, tokenizer=tokenizer, data="PydocTopics", objective="decode_tokens_per_s",
                   max_quality_drop=args.max_quality_drop, budget=args.budget, seed=0, log=out / "trials.jsonl",
-                  reference=[] if args.no_reference else [REFERENCE])
+                  reference=[] if args.no_reference else [REFERENCE], trial_time_limit=args.trial_time_limit)
     took = time.time() - started
     conditions = (f"budget {args.budget}, took {took / 60:.1f} min; load average {load_before:.1f} at the start, "
                   f"{os.getloadavg()[0]:.1f} at the end (2 cores, shared); OMP_WAIT_POLICY="

@@ -22,7 +22,7 @@ from smashlib.tuning.budget import parse_budget
 from smashlib.tuning.first_batch import cost_rank, first_batch, runtime_variants
 from smashlib.tuning.log import TrialLog
 from smashlib.tuning.objectives import get_objective, get_quality, measured_objectives, smac_costs
-from smashlib.tuning.result import TuneResult
+from smashlib.tuning.result import TuneResult, recipe_text
 from smashlib.tuning.space import active_values, candidate_algorithms, config_key, restricted_space, to_configuration
 from smashlib.tuning.trial import FAILED_COST, ShippedModel, TrialFunction, TrialPlan, smash_recipe
 
@@ -170,6 +170,7 @@ class _Search:
             values, origin = self.queue.popleft()
             if origin == "first batch":
                 self.first_batch_left -= 1
+                self._after_first_batch()  # a resumed search may skip the whole batch: variants come next
             if not self._already_done(values, origin):
                 return values, origin
         for _ in range(MAX_REPEATS):
@@ -248,7 +249,7 @@ class _Search:
         self._tell(record)
         if self.verbose:
             print(f"smashlib tune: trial {number} [{record['origin']}] {record['status']} in "
-                  f"{record['seconds'].get('total', 0):.0f} s: {record['config']} - {record['reason']}", flush=True)
+                  f"{record['seconds'].get('total', 0):.0f} s: {recipe_text(record['config'])} - {record['reason']}", flush=True)
         self._after_first_batch()
         return number
 
