@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from smashlib.config import SmashConfig
+from smashlib.data import SmashDataModule, split_train_into_train_val_test
+from smashlib.data.errors import DataError, DatasetUnavailableError
 from smashlib.errors import (
     ComponentLoadError,
     HyperparameterValueError,
@@ -46,6 +48,8 @@ LAZY: dict[str, str] = {
     "compare": "smashlib.evaluation",
     "smash": "smashlib.smash",
     "split_train_into_train_val_test": "smashlib.data",
+    "tune": "smashlib.tuning",  # imports SMAC3 only when first used
+    "TuneResult": "smashlib.tuning",
 }
 
 
@@ -100,4 +104,6 @@ __all__ = [
     "compare",
     "smash",
     "split_train_into_train_val_test",
+    "tune",
 ]
+

@@ -569,6 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--plot", metavar="PNG", help="also save a bar chart of the ratios (needs matplotlib)")
     _common(demo_parser)
     demo_parser.set_defaults(handler=cmd_demo)
+
+    from smashlib.tuning.cli import add_tune_command  # tune's own module: SMAC is imported only when it runs
+
+    add_tune_command(commands, _common)
     return parser
 
 
