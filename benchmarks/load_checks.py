@@ -63,7 +63,7 @@ def main() -> None:
         print(f"3000-layer config.json refused in {refusal_seconds(scratch):.1f} s (load average {os.getloadavg()[0]:.1f})")
         from smashlib.bundled import load_smollm2
 
-        model = load_smollm2()
+        model, _ = load_smollm2()
         folder = scratch / "smollm2"
         smash(model, SmashConfig({"quantizer": "torch_dynamic"}, device="cpu"), verbose=False).save_pretrained(folder)
         del model
