@@ -22,6 +22,7 @@ returns a model and a SmashConfig, and resolves a Hub repo id to a folder (a dow
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata
 import json
@@ -616,6 +617,36 @@ def _numbered_blocks(names) -> dict[str, int]:
     return counts
 
 
+def check_layer_count(cls: type, model_config: Any, attn_implementation: str | None,
+                      shapes: Mapping[str, tuple[int, ...]], folder: Path, weights: Path) -> None:
+    """Refuse a config.json whose ``num_hidden_layers`` disagrees with the weights, without building its model.
+
+    Building the skeleton is linear in the layers, but a config raised to thousands of layers makes even that
+    take long on a busy machine; which block lists grow with ``num_hidden_layers`` is found from two skeletons
+    of one and two layers (milliseconds), and only when the claimed count is not a count the weights hold.
+    """
+    claimed = getattr(model_config, "num_hidden_layers", None)
+    saved = _numbered_blocks(shapes)
+    if type(claimed) is not int or claimed < 3 or claimed in saved.values():
+        return
+    counts = []
+    try:
+        for layers in (1, 2):
+            small = copy.deepcopy(model_config)
+            small.num_hidden_layers = layers
+            counts.append(_numbered_blocks(build_skeleton(cls, small, attn_implementation).state_dict()))
+    except (SmashError, AttributeError, TypeError, ValueError):  # a config that ties other fields to the count
+        return
+    growing = [prefix for prefix, count in counts[1].items() if count == 2 and counts[0].get(prefix) == 1]
+    wrong = [f"{prefix} has {claimed} blocks in config.json, {saved[prefix]} in the weights"
+             for prefix in growing if prefix in saved and saved[prefix] != claimed]
+    if wrong:
+        raise SmashedModelLoadError(
+            f"{weights} does not fit {folder / 'config.json'}: {_some(wrong, 5)}. config.json was edited or "
+            "belongs to another model; save or download the folder again."
+        )
+
+
 def check_header_fits(
     skeleton: torch.nn.Module, shapes: Mapping[str, tuple[int, ...]], owners: Mapping[str, list[str]] | None,
     stateful: bool, folder: Path, weights: Path,
@@ -649,6 +680,11 @@ def check_header_fits(
 
 
 # ====================================================================== load: the weights
+def own_memory(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of ``tensor`` in memory torch allocated (64-byte aligned), not a view into a file's buffer."""
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 def _read_weights(path: Path, manifest: dict[str, Any], device: str, verify: bool) -> dict[str, torch.Tensor]:
     """The saved tensors, each in memory of its own (aligned as torch allocates it, not a view into the file)."""
     expected = manifest["saved_model"]["weights"]["sha256"]
@@ -664,7 +700,7 @@ def _read_weights(path: Path, manifest: dict[str, Any], device: str, verify: boo
                 # on the CPU these are views into the file at whatever offset it gives (24, 40 bytes...), and
                 # torch picks other kernels for unaligned data: a loaded fp32 BERT differed by 3.7e-9 from the
                 # saved one. A copy is the model's own memory, aligned as torch allocates it.
-                state[name] = tensor.clone(memory_format=torch.contiguous_format) if device == "cpu" else tensor
+                state[name] = own_memory(tensor) if device == "cpu" else tensor
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise _unreadable(path, str(error)) from None
     return state
@@ -750,6 +786,7 @@ def load_smashed_model(
     if model is None:
         description = saved["model"]
         cls, model_config = model_class(description, folder, trust_remote_code)
+        check_layer_count(cls, model_config, description.get("attn_implementation"), shapes, folder, weights)
         model = build_skeleton(cls, model_config, description.get("attn_implementation"))
     elif not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"model= takes a torch.nn.Module with the smashed model's architecture, not {type(model).__name__}.")

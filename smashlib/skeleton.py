@@ -9,6 +9,7 @@ nothing from a saved folder is imported or executed unless the user passes ``tru
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,15 @@ def describe_model(model: torch.nn.Module) -> dict[str, Any]:
         "auto_class": getattr(model, "_auto_class", None) if library == CUSTOM_CODE else None,
         "attn_implementation": getattr(config, "_attn_implementation", None) if config is not None else None,
         "dtype": dtype_name(model),
-        # where the model came from (a Hub id or a path), for the model card's base_model
-        "source": (getattr(config, "_name_or_path", None) or None) if config is not None else None,
+        # the Hub id it came from, for the model card's base_model (a local path is not recorded: it is private)
+        "source": _hub_id(getattr(config, "_name_or_path", None)),
     }
+
+
+def _hub_id(name: Any) -> str | None:
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", name) or Path(name).exists():
+        return None
+    return name
 
 
 def save_custom_code(model: torch.nn.Module, folder: Path) -> None:

@@ -58,10 +58,10 @@ def test_metrics_json(capsys):
 def test_smash_help_lists_every_group_and_hyperparameter(capsys):
     status, out, _ = run(capsys, "smash", "--help")
     assert status == 0
-    for flag in ("--quantizer", "--pruner", "--compiler", "--torch-dynamic-keep-full-precision", "--half-dtype",
+    for flag in ("--quantizer", "--pruner", "--compiler", "--torch-dynamic-target-modules", "--half-dtype",
                  "--torch-unstructured-sparsity", "--out"):
         assert flag in out
-    assert "default outlier_layers" in " ".join(out.split())  # argparse wraps help lines
+    assert "default all_but_outlier_layers" in " ".join(out.split())  # argparse wraps help lines
 
 
 def test_values_are_parsed_to_the_hyperparameters_type():
@@ -131,7 +131,7 @@ def test_console_script_runs_as_a_process():
 def test_smash_info_compare_round_trip(capsys, model_folder, tmp_path):
     out = tmp_path / "smashed"
     status, printed, _ = run(capsys, "smash", str(model_folder), "--quantizer", "torch_dynamic",
-                             "--torch-dynamic-keep-full-precision", "none", "--out", str(out), "--quiet")
+                             "--torch-dynamic-target-modules", "all_linear", "--out", str(out), "--quiet")
     assert status == 0 and "saved to" in printed and (out / "smash_config.json").is_file()
 
     status, printed, _ = run(capsys, "info", str(out))
