@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from smashlib.config import SmashConfig
-from smashlib.data import SmashDataModule, split_train_into_train_val_test
-from smashlib.data.errors import DataError, DatasetUnavailableError
 from smashlib.errors import (
     ComponentLoadError,
     HyperparameterValueError,
