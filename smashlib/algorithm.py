@@ -130,6 +130,50 @@ class Algorithm:
         """
         return settings
 
+    # ------------------------------------------------------------------ which layers (smashlib.targets)
+    #: What the layers it can take are, for messages (an algorithm taking only nn.Linear says so).
+    target_layer_kind: ClassVar[str] = "nn.Linear or transformers Conv1D layers"
+
+    def accepts_layer(self, module: torch.nn.Module) -> bool:
+        """Whether its ``target_modules`` setting may select ``module``: by default smashlib.targets.is_linear."""
+        from smashlib.targets import is_linear
+
+        return is_linear(module)
+
+    def has_target_modules(self) -> bool:
+        """Whether it declares the ``target_modules`` hyperparameter (smashlib.targets)."""
+        from smashlib.targets import is_target_modules_hyperparameter
+
+        return any(is_target_modules_hyperparameter(hp) for hp in self.hyperparameters)
+
+    def target_names(self, model: torch.nn.Module, settings: dict[str, Any]) -> list[str]:
+        """The layers it touches with these settings: ``settings["target_modules"]`` resolved against
+        ``model`` among the layers :meth:`accepts_layer` takes, in model order. The one place every
+        layer-wise algorithm asks "which layers"; override to narrow further (e.g. shapes a kernel takes)."""
+        from smashlib.targets import resolve_targets
+
+        return resolve_targets(model, settings["target_modules"], self.accepts_layer)
+
+    def check_targets(self, model: torch.nn.Module, settings: dict[str, Any]) -> None:
+        """Raise before anything is modified when ``target_modules`` selects no layer of ``model`` or names an
+        include pattern that matches none. Called by smash() after :meth:`check_model`."""
+        if not self.has_target_modules():
+            return
+        from smashlib.targets import check_targets
+
+        check_targets(model, settings["target_modules"], self.accepts_layer, self.name, self.target_layer_kind)
+        if not self.target_names(model, settings):  # narrowed by the algorithm (shapes, kernels) to nothing
+            from smashlib.errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                f"{self.name}: none of the layers {self.name}_target_modules selects can be handled "
+                f"with these settings: {self.describe_unsupported(settings)}"
+            )
+
+    def describe_unsupported(self, settings: dict[str, Any]) -> str:
+        """Why :meth:`target_names` can drop selected layers, and the fix (for the error above)."""
+        return "choose other target_modules."
+
     @property
     def saves_state(self) -> bool:
         """Whether the algorithm's effect is stored in the saved weights (else it is re-applied at load)."""

@@ -25,6 +25,7 @@ from smashlib.errors import (
     UnknownNameError,
     did_you_mean,
 )
+from smashlib.targets import is_target_modules_hyperparameter, normalize_target_value
 
 #: Version of the JSON layout written by save_json; loading a newer one is refused with a clear error.
 SCHEMA_VERSION = 1
@@ -97,6 +98,12 @@ class SmashConfig(Mapping):
         space = self.space()
         values = {group: None for group in GROUP_ORDER}
         values.update(self._values)
+        custom = [key for key, value in values.items() if isinstance(value, dict)]
+        if custom:
+            raise SmashConfigError(
+                f"{custom[0]} holds custom patterns, which a ConfigSpace Configuration cannot hold: "
+                "set it to one of its presets to get a Configuration."
+            )
         return Configuration(space, values=values)
 
     @classmethod
@@ -313,6 +320,9 @@ class SmashConfig(Mapping):
                 f"Set cfg['{owner.group}'] = '{owner.name}' first."
             )
         hyperparameter = self.space()[key]
+        if is_target_modules_hyperparameter(hyperparameter):  # a preset, or custom include/exclude patterns
+            self._values[key] = normalize_target_value(value, key)
+            return
         value = _coerce(hyperparameter, value)
         try:
             legal = hyperparameter.legal_value(value)

@@ -24,6 +24,7 @@ def check_before_smashing(model: Any, config: SmashConfig) -> None:
         algorithm.validate_environment(config.device)
         algorithm.check_settings(config.settings_for(algorithm), config.device)
         algorithm.check_model(model)
+        algorithm.check_targets(model, config.settings_for(algorithm))
 
 
 def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True, report: bool = False) -> SmashedModel:
