@@ -20,7 +20,7 @@ from torch import nn
 from smashlib.algorithm import Algorithm
 from smashlib.errors import HyperparameterValueError, UnsupportedModelError
 from smashlib.pruning import activation_scores, blocks_of, evenly_spaced, find_family, keep_layers, supported_families
-from smashlib.training import TrainingOptions, train_to_match, training_batches
+from smashlib.training import TrainingOptions, fitting_length, train_to_match, training_batches
 
 SELECTIONS = ("evenly_spaced", "importance")
 #: Calibration batches used to measure layer importance.
@@ -63,6 +63,7 @@ class DepthDistiller(Algorithm):
         Float("temperature", (0.5, 10.0), default=2.0),
         Float("hidden_weight", (0.0, 10.0), default=1.0),
         Integer("seed", (0, 2**31 - 1), default=0),
+        Categorical("sequence_length", [256, 128, 512, 1024], default=256),
     )
 
     def required_components(self, settings):
@@ -97,7 +98,9 @@ class DepthDistiller(Algorithm):
         keep = layers_to_keep(total, settings["keep_layers"])
         steps, batch_size, seed = int(settings["steps"]), int(settings["batch_size"]), int(settings["seed"])
         needs_data = bool(self.required_components(settings))
-        batches = training_batches(components, max(steps, IMPORTANCE_BATCHES), batch_size, seed) if needs_data else []
+        batches = training_batches(
+            components, max(steps, IMPORTANCE_BATCHES), batch_size, seed, fitting_length(model, int(settings["sequence_length"]))
+        ) if needs_data else []
         model.eval()
         if settings["layer_selection"] == "importance":
             influence = activation_scores(model, family, None, False, batches[:IMPORTANCE_BATCHES]).layers

@@ -70,8 +70,10 @@ class TorchStructured(Algorithm):
         batches = None
         if self.required_components(settings):
             from smashlib.data import calibration_batches
+            from smashlib.training import fitting_length
 
-            batches = calibration_batches(components, int(settings["calibration_samples"]), SEQUENCE_LENGTH, 4)
+            length = fitting_length(model, SEQUENCE_LENGTH)
+            batches = calibration_batches(components, int(settings["calibration_samples"]), length, 4)
         was_training = model.training
         model.eval()
         apply_plan(model, family, plan, settings["importance"], batches)

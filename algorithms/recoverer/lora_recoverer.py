@@ -17,7 +17,7 @@ from ConfigSpace import Categorical, Float, Integer
 
 from smashlib.algorithm import Algorithm
 from smashlib.targets import is_linear, target_modules_hyperparameter
-from smashlib.training import TrainingOptions, train_to_match, training_batches
+from smashlib.training import TrainingOptions, fitting_length, train_to_match, training_batches
 from smashlib.training.lora import (
     adaptable,
     gradients_through_quantized,
@@ -47,6 +47,7 @@ class LoraRecoverer(Algorithm):
         Float("temperature", (0.5, 10.0), default=1.0),
         Categorical("teacher", list(TEACHERS), default="original"),
         Integer("seed", (0, 2**31 - 1), default=0),
+        Categorical("sequence_length", [256, 128, 512, 1024], default=256),
         target_modules_hyperparameter("all_but_output_head"),
     )
 
@@ -83,7 +84,7 @@ class LoraRecoverer(Algorithm):
         )
         steps, batch_size, seed = int(settings["steps"]), int(settings["batch_size"]), int(settings["seed"])
         options = TrainingOptions(steps, float(settings["learning_rate"]), float(settings["temperature"]), seed)
-        batches = training_batches(components, steps, batch_size, seed)
+        batches = training_batches(components, steps, batch_size, seed, fitting_length(model, int(settings["sequence_length"])))
         with gradients_through_quantized(model):
             train_to_match(model, batches, options, parameters, teacher, desc="lora_recoverer")
         del teacher

@@ -30,7 +30,7 @@ class Plan:
 
 
 def _round_half_up(value: float) -> int:
-    return int(math.floor(value + 0.5))
+    return math.floor(value + 0.5)
 
 
 def _round_width(width: int, full: int) -> int:
