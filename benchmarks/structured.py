@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-steps", type=int, default=200)
     parser.add_argument("--distill-steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lora-learning-rate", type=float, default=5e-4)
+    parser.add_argument("--distill-learning-rate", type=float, default=1e-4)
     parser.add_argument("--sequence-length", type=int, default=256, choices=[128, 256, 512])
     parser.add_argument("--eval-windows", type=int, default=24, help=f"windows of {WINDOW} tokens per evaluation text")
     parser.add_argument("--curve-every", type=int, default=50)
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         "window_tokens": WINDOW,
         "batch_size": args.batch_size,
         "sequence_length": args.sequence_length,
+        "lora_steps": args.lora_steps, "lora_learning_rate": args.lora_learning_rate,
+        "distill_steps": args.distill_steps, "distill_learning_rate": args.distill_learning_rate,
     }
 
     def measure(label: str, model: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         model, logs, seconds = smashed({
             **pruning, "torch_structured_sparsity": 0.25, "recoverer": "lora_recoverer",
             "lora_recoverer_steps": args.lora_steps, "lora_recoverer_batch_size": args.batch_size,
-            "lora_recoverer_sequence_length": args.sequence_length,
+            "lora_recoverer_sequence_length": args.sequence_length, "lora_recoverer_learning_rate": args.lora_learning_rate,
         })
         label = f"torch_structured 25% + lora_recoverer ({args.lora_steps} steps)"
         curves[label] = logs[0].evaluations
@@ -179,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                     "distiller": "depth_distiller", "depth_distiller_keep_layers": keep,
                     "depth_distiller_steps": steps, "depth_distiller_batch_size": args.batch_size,
                     "depth_distiller_sequence_length": args.sequence_length,
+                    "depth_distiller_learning_rate": args.distill_learning_rate,
                 })
                 label = f"depth_distiller {keep}/30 layers, " + (f"{steps} steps" if steps else "untrained")
                 extra = {"smash_s": seconds}
