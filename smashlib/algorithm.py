@@ -194,6 +194,14 @@ class Algorithm:
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise UnsupportedModelError, with the reason, when this algorithm cannot handle ``model``."""
 
+    def prepare_run(self, model: torch.nn.Module, settings: dict[str, Any], components: Components) -> None:
+        """Called by smash() once every check has passed and before any algorithm is applied.
+
+        The last chance to refuse ``model`` with these settings (a check needing both) while the model is
+        untouched, and to keep what the run needs from the original model, in ``components.kept[self.name]``
+        (a recoverer keeps the original as its teacher). smash() empties ``components.kept`` when it is done.
+        """
+
     def apply(self, model: torch.nn.Module, settings: dict[str, Any], components: Components) -> torch.nn.Module:
         """Smash ``model`` in place where possible and return it (or its replacement)."""
         raise NotImplementedError

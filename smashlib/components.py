@@ -21,6 +21,8 @@ class Components:
     data: Any = None
     #: name -> a short description (e.g. the Hub id or dataset name and sizes) for the saved config.
     descriptions: dict[str, Any] = field(default_factory=dict)
+    #: algorithm name -> what it keeps from the original model during one smash() run (a teacher); never saved.
+    kept: dict[str, Any] = field(default_factory=dict)
 
     def has(self, name: str) -> bool:
         return getattr(self, name, None) is not None

@@ -45,6 +45,9 @@ def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True, rep
         original = keep_original(model)
     applied: list[str] = []
     steps = config.chosen_algorithms()
+    config.components.kept.clear()  # left over from a run that failed
+    for algorithm in steps:  # all checks passed: the model is still the original here
+        algorithm.prepare_run(model, config.settings_for(algorithm), config.components)
     for algorithm in progress(steps, desc="smashing", disable=not verbose or not steps):
         try:
             model = algorithm.apply(model, config.settings_for(algorithm), config.components)
@@ -56,6 +59,7 @@ def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True, rep
                 f"(the model may be partly modified): {type(error).__name__}: {error}"
             ) from error
         applied.append(algorithm.name)
+    config.components.kept.clear()  # a teacher copy must not outlive the run
     smashed = SmashedModel(model, config)
     if report:
         from smashlib.evaluation.smash_report import report_after_smash

@@ -32,7 +32,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Settings that keep a test fast without changing what is tested (the round trip): a compiler that
 #: traces but does not generate C++ (Inductor takes tens of seconds per compile on two cores), short
 #: calibration sequences. Every hyperparameter named `calibration_samples` also gets its lower bound.
-FAST_SETTINGS = {"torch_compile_backend": "eager", "gptq_sequence_length": 128}
+FAST_SETTINGS = {
+    "torch_compile_backend": "eager", "gptq_sequence_length": 128,
+    "depth_distiller_steps": 3, "depth_distiller_batch_size": 1, "depth_distiller_sequence_length": 128,
+    "lora_recoverer_steps": 3, "lora_recoverer_batch_size": 1, "lora_recoverer_sequence_length": 128,
+}
 
 
 def tensors_of(output) -> list[torch.Tensor]:

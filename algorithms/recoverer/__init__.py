@@ -1,0 +1,1 @@
+"""Algorithms of the recoverer group: train back what pruning or quantization lost."""
