@@ -252,31 +252,3 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         )
     check_section(manifest, MANIFEST, path)
     return manifest
-
-
-def upgrade_values(values: Mapping[str, Any], schema_version: int) -> dict[str, Any]:
-    """SmashConfig values saved under an older ``schema_version``, with each chosen algorithm's settings
-    passed through its :meth:`Algorithm.upgrade_settings` (renamed hyperparameters mapped to today's).
-
-    Called once, by ``SmashConfig.from_json_dict``, for every JSON config read (saved folders included).
-    """
-    from smashlib import config, registry
-    from smashlib.algorithm import GROUP_ORDER
-    from smashlib.errors import UnknownNameError
-
-    values = dict(values)
-    if schema_version >= config.SCHEMA_VERSION:
-        return values
-    for group in GROUP_ORDER:
-        name = values.get(group)
-        if not isinstance(name, str):
-            continue
-        try:
-            algorithm = registry.get_algorithm(name)
-        except UnknownNameError:
-            continue  # reported where the config is built, with the choices
-        prefix = f"{name}_"
-        settings = {key[len(prefix):]: values.pop(key) for key in list(values) if key.startswith(prefix)}
-        upgraded = algorithm.upgrade_settings(dict(settings), schema_version)
-        values.update({prefix + key: value for key, value in upgraded.items()})
-    return values
