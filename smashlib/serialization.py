@@ -394,9 +394,9 @@ def _read_weights(folder: Path, manifest: dict[str, Any], device: str, verify: b
     return state, tied
 
 
-def _run_hook(algorithm: Algorithm, hook: str, model: torch.nn.Module, settings: dict) -> torch.nn.Module:
+def _run_hook(algorithm: Algorithm, hook: str, model: torch.nn.Module, settings: dict, **extra: Any) -> torch.nn.Module:
     try:
-        result = getattr(algorithm, hook)(model, settings)
+        result = getattr(algorithm, hook)(model, settings, **extra)
     except SmashError:
         raise
     except Exception as error:
@@ -489,7 +489,9 @@ def load_smashed_model(
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig.from_pretrained(folder)
-    for algorithm, settings in algorithms:
-        model = _run_hook(algorithm, "after_loading", model, settings)
+    # components first: runtime algorithms are applied again with them (ifw decodes with the saved processor)
     _attach_components(config, folder, saved.get("files", {}), trust_remote_code)
+    for algorithm, settings in algorithms:
+        extra = {} if algorithm.saves_state else {"components": config.components}
+        model = _run_hook(algorithm, "after_loading", model, settings, **extra)
     return SmashedModel(model, config)
