@@ -25,13 +25,13 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
+import numpy as np  # after the environment defaults above, before transformers reads them
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 TRANSCRIPT_LINE = re.compile(r"<s>(.*)</s>\s*\((.+)\)")
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = next((row[1] for row in rows if row[0] == "pipeline-fp32"), None)
     load = os.getloadavg()[0]
     lines = [
-        f"{seconds:.0f} s of speech ({args.rounds} x the 5 LibriVox clips, {args.gap} s gaps), Whisper tiny.en, "
-        f"greedy, {args.threads} threads; load average {load:.1f} when it finished.",
+        (f"{seconds:.0f} s of speech ({args.rounds} x the 5 LibriVox clips, {args.gap} s gaps), Whisper tiny.en, "
+        f"greedy, {args.threads} threads; load average {load:.1f} when it finished."),
         "",
         "| system | wall s | audio s / wall s | WER % | speed vs pipeline fp32 |",
         "|---|---:|---:|---:|---:|",

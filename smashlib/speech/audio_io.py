@@ -26,7 +26,7 @@ def resample(samples: np.ndarray, rate: int, target: int = TARGET_RATE) -> np.nd
     """``samples`` (1-D) from ``rate`` to ``target`` Hz, band-limited (FFT truncation or zero-padding)."""
     if rate == target or samples.size == 0:
         return samples.astype(np.float32, copy=False)
-    length = int(round(samples.size * target / rate))
+    length = round(samples.size * target / rate)
     spectrum = np.fft.rfft(samples.astype(np.float64))
     kept = length // 2 + 1
     if kept <= spectrum.size:
