@@ -8,6 +8,7 @@ once scripts/fetch_speech.sh has run; without it the transcription test is skipp
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,30 @@ def test_reader_parses_the_whole_file(ct2_folder):
     assert ct2["decoder/embeddings/weight"].shape == (51864, 384)
     assert ct2["decoder/embeddings/weight"].dtype == np.float16
     assert ct2.scalar("encoder/num_heads") == 6
+
+
+def _string(text: str) -> bytes:
+    return struct.pack("<H", len(text) + 1) + text.encode() + b"\0"
+
+
+def test_reader_reads_a_file_written_as_ctranslate2_writes_it(tmp_path):
+    """Without the package: float16, int16 and bfloat16 variables and an alias, packed by hand."""
+    from smashlib.ctranslate2_reader import read_ctranslate2_model
+
+    half = np.arange(6, dtype=np.float16).reshape(2, 3)
+    bf16_bits = (np.array([1.5, -2.0], np.float32).view(np.uint32) >> 16).astype("<u2")
+    variables = [("a/weight", half, 4), ("a/num_heads", np.array(6, "<i2"), 2), ("b/scale", bf16_bits, 5)]
+    body = struct.pack("<I", 6) + _string("WhisperSpec") + struct.pack("<I", 3) + struct.pack("<I", len(variables))
+    for name, values, dtype_id in variables:
+        body += _string(name) + struct.pack("<B", values.ndim) + b"".join(struct.pack("<I", d) for d in values.shape)
+        body += struct.pack("<BI", dtype_id, values.nbytes) + values.tobytes()
+    body += struct.pack("<I", 1) + _string("c/weight") + _string("a/weight")
+    (tmp_path / "model.bin").write_bytes(body)
+    ct2 = read_ctranslate2_model(tmp_path)
+    assert (ct2.version, ct2.spec, ct2.revision) == (6, "WhisperSpec", 3)
+    np.testing.assert_array_equal(ct2["c/weight"], half)
+    assert ct2.scalar("a/num_heads") == 6
+    np.testing.assert_array_equal(ct2.to_float32("b/scale"), [1.5, -2.0])
 
 
 def test_a_truncated_file_is_refused(ct2_folder, tmp_path):

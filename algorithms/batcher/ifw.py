@@ -85,7 +85,7 @@ class Ifw(Algorithm):
                                      dtype=dtype)
         # plain attributes, not modules: state_dict and save_pretrained never see them
         model.__dict__["transcribe"] = transcriber
-        forward = type(model).forward.__get__(model)
+        forward = model.forward  # as it is now: keeps hooks others installed on the instance (accelerate)
 
         def forward_or_transcribe(*args, **kwargs):
             if args and _is_speech_input(args[0]):
