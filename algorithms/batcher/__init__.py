@@ -1,1 +1,1 @@
-"""Algorithms of the batcher group."""
+"""Algorithms of the batcher group: they wrap calls to the finished model (applied last, again at load)."""
