@@ -22,7 +22,6 @@ from smashlib import (
     smash,
 )
 from smashlib.algorithm import GROUP_ORDER
-from smashlib.config import SCHEMA_VERSION
 from tests.tiny_models import build_tiny
 
 
