@@ -40,7 +40,7 @@ def config_of(folder):
     [
         ({"gptq_grid": "q4_0", "gptq_weight_bits": 4}, "pack-quantized"),  # symmetric int4, groups of 32
         ({"gptq_weight_bits": 8, "gptq_group_size": -1}, "int-quantized"),  # int8, one scale per channel
-        ({"gptq_grid": "q4_0", "gptq_output_head": "int8"}, "mixed-precision"),  # int4 layers, int8 head
+        ({"gptq_grid": "q4_0", "gptq_output_head_precision": "int8"}, "mixed-precision"),  # int4 layers, int8 head
     ],
 )
 def test_plain_transformers_loads_it_and_computes_smashlibs_logits(tokenizer, tmp_path, values, expected_format):

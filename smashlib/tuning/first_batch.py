@@ -22,7 +22,7 @@ from smashlib.tuning.space import config_key, to_configuration
 #: groups are added by runtime_variants() once a recipe meets the bound.
 STARTING_POINTS: tuple[dict[str, Any], ...] = (
     {"quantizer": "half", "half_dtype": "bfloat16"},
-    {"quantizer": "torch_dynamic", "torch_dynamic_keep_full_precision": "none", "torch_dynamic_smoothquant": True},
+    {"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear", "torch_dynamic_smoothquant": True},
     {"quantizer": "torchao", "torchao_quant_type": "int8wo"},
     {"quantizer": "hqq", "hqq_weight_bits": 8},
     {"quantizer": "quanto", "quanto_weights": "qint8"},
