@@ -46,7 +46,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from smashlib.cli import (
         CommandError,
         _emit,
-        _quiet_transformers,
+        _prepare_transformers,
         _say,
         load_plain_model,
         load_tokenizer,
@@ -55,7 +55,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from smashlib.errors import MissingPackageError
     from smashlib.tuning import tune
 
-    _quiet_transformers(args.quiet)
+    _prepare_transformers(args.quiet)
     path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(path)
     if tokenizer is None:

@@ -46,6 +46,12 @@ def _expand(names: Iterable[str] | None, what: str) -> set[str] | None:
     return chosen
 
 
+#: Groups searched only when ``include=`` names them (or one of their algorithms): distillers and recoverers
+#: train for minutes per trial, batchers and cachers change how calls are served (many callers, shared
+#: prompts, long contexts) rather than the speed of one call, which is what tune() measures.
+OPT_IN_GROUPS = ("distiller", "recoverer", "cacher", "batcher")
+
+
 def why_not_here(algorithm: Algorithm, device: str) -> str | None:
     """The reason ``algorithm`` cannot run on ``device`` on this machine, or None when it can."""
     try:
@@ -68,6 +74,8 @@ def candidate_algorithms(
             left_out[algorithm.name] = "not in include="
         elif algorithm.name in excluded:
             left_out[algorithm.name] = "in exclude="
+        elif included is None and algorithm.group in OPT_IN_GROUPS:
+            left_out[algorithm.name] = f"a {algorithm.group}: searched only when include= names it"
         elif (reason := why_not_here(algorithm, device)) is not None:
             left_out[algorithm.name] = reason
         else:
