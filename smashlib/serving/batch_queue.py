@@ -11,8 +11,10 @@ without work (so an unused model is freed) and starts again with the next item.
 """
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -20,6 +22,16 @@ from typing import Any
 
 #: Seconds the worker waits for work before it exits (it restarts on the next submit).
 IDLE_EXIT_SECONDS = 1.0
+
+#: Every queue alive, so that interpreter exit can stop their workers first: a daemon thread still inside
+#: torch while Python finalizes aborts the process ("terminate called without an active exception").
+_LIVE_QUEUES: weakref.WeakSet[BatchQueue] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_workers_at_exit() -> None:
+    for queue in list(_LIVE_QUEUES):
+        queue.close(wait=True)
 
 
 @dataclass
@@ -53,25 +65,34 @@ class BatchQueue:
         self._closed = False
         #: sizes (in rows) of the batches run so far: what the tests and benchmarks read
         self.batch_sizes: list[int] = []
+        _LIVE_QUEUES.add(self)
 
     def submit(self, key: Hashable, payload: Any, rows: int = 1) -> Future:
         """Queue one item; its Future gets the result (or the exception) of that item alone."""
-        item = WorkItem(key, payload, rows)
+        return self.submit_many([(key, payload, rows)])[0]
+
+    def submit_many(self, entries: Sequence[tuple[Hashable, Any, int]]) -> list[Future]:
+        """Queue (key, payload, rows) items at once, so one caller's list of prompts is never split by the
+        worker waking between two of them (with ``max_wait_ms=0`` it would run the first alone)."""
+        items = [WorkItem(key, payload, rows) for key, payload, rows in entries]
         with self._condition:
             if self._closed:
                 raise RuntimeError("this batcher is closed")
-            self._pending.append(item)
+            self._pending.extend(items)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name=self._name, daemon=True)
                 self._worker.start()
             self._condition.notify_all()
-        return item.future
+        return [item.future for item in items]
 
-    def close(self) -> None:
-        """Refuse new items; the worker finishes what is queued and exits."""
+    def close(self, wait: bool = False) -> None:
+        """Refuse new items; the worker finishes what is queued and exits (``wait``: join it, up to a minute)."""
         with self._condition:
             self._closed = True
             self._condition.notify_all()
+            worker = self._worker
+        if wait and worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=60)
 
     # ------------------------------------------------------------------ worker side
     def _work(self) -> None:

@@ -144,7 +144,7 @@ class DynamicBatcher:
         settings = dict(settings)
         max_length = settings.pop("max_length", None)
         configured = getattr(self.model, "generation_config", None)
-        futures = []
+        entries = []
         for row in rows:
             if self._vocab_size is not None and (int(row.min()) < 0 or int(row.max()) >= self._vocab_size):
                 raise InvalidInputError(
@@ -165,8 +165,8 @@ class DynamicBatcher:
                     "pass max_new_tokens=N."
                 )
             key = _GenerateKey(_frozen({k: v for k, v in settings.items() if k != "max_new_tokens"}), int(new))
-            futures.append(self.generate_queue.submit(key, row))
-        return futures
+            entries.append((key, row, 1))
+        return self.generate_queue.submit_many(entries)
 
     def _generate_batch(self, key: _GenerateKey, rows: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         settings = dict(key.settings)
