@@ -423,27 +423,6 @@ def _run_hook(algorithm: Algorithm, hook: str, model: torch.nn.Module, settings:
     return model if result is None else result
 
 
-def _put_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path, algorithms) -> None:
-    """Load ``state`` into ``model`` (its tensors become the model's, no copy), or say clearly what does not fit."""
-
-    def refuse(problems: str) -> SmashedModelLoadError:
-        names = ", ".join(a.name for a, _ in algorithms) or "no algorithm"
-        return SmashedModelLoadError(
-            f"the weights in {folder} do not fit the model rebuilt from its config.json and algorithms ({names}): "
-            f"{problems}. The folder is damaged or was written by an incompatible smashlib; if you passed model=, "
-            "it must have the architecture of the model that was smashed."
-        )
-
-    try:
-        result = model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as error:  # size mismatches: torch lists them, one per line
-        lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
-        raise refuse("; ".join(lines[:5]) + (f" (+{len(lines) - 5} more)" if len(lines) > 5 else "")) from None
-    problems = _fit_problems(result.missing_keys, result.unexpected_keys)
-    if problems:
-        raise refuse(problems)
-
-
 # ====================================================================== load: finding the folder
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$|^[\w.-]+$")
 
