@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from smashlib import SmashConfig, smash
-from smashlib.errors import MissingComponentError
+from smashlib.errors import MissingComponentError, UnsupportedModelError
 from smashlib.evaluation.metrics.size import weight_footprint
 from smashlib.layers.int8_linear import Int8DynamicLinear, Int8Embedding, is_linear, reduce_range
 from tests.tiny_models import TINY_MODEL_BUILDERS, build_tiny, tiny_inputs, tiny_tokenizer
@@ -311,6 +313,26 @@ def test_compile_forward_matches_eager(tiny_model_name):
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
+def test_compiler_cache_persists_per_torch_version_unless_the_caller_chose_one(monkeypatch, tmp_path):
+    """The compiled code of a loaded model is found again by the next process: Inductor's cache goes to
+    smashlib's cache folder (one per torch version) rather than the temporary directory; a folder the
+    caller set is kept, and cache='torch' leaves torch's default alone."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("SMASHLIB_CACHE", str(tmp_path / "smashlib"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    smash(build_tiny("llama"), compile_config(), verbose=False)
+    chosen = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    assert chosen == tmp_path / "smashlib" / "torch_compile" / f"torch-{torch.__version__}" and chosen.is_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    smash(build_tiny("llama"), compile_config(), verbose=False)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    smash(build_tiny("llama"), compile_config(torch_compile_cache="torch"), verbose=False)
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir())
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("name", ["llama", "whisper"])
 def test_compiled_generate_matches_eager_and_recompiles_a_bounded_number_of_times(name):
     from torch._dynamo.utils import counters
@@ -323,6 +345,33 @@ def test_compiled_generate_matches_eager_and_recompiles_a_bounded_number_of_time
     # one graph for the prefill, one for the first decode step, then sizes turn dynamic: no
     # recompilation per generated token (8 tokens would otherwise give 9+ graphs per frame)
     assert graphs <= 6, f"{graphs} graphs compiled for 8 tokens"
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_decode_target_compiles_only_generates_step_over_a_static_cache():
+    """torch_compile_target='decode': plain forward calls (prefill, perplexity) stay eager, generate decodes
+    with a static cache through one compiled step, and the tokens are those of the eager model."""
+    from torch._dynamo.utils import counters
+
+    expected = generate(build_tiny("llama"), "llama", new_tokens=6)
+    smashed = smash(build_tiny("llama"), compile_config(torch_compile_target="decode"), verbose=False)
+    assert smashed.model._compiled_call_impl is None  # forward itself is not compiled
+    assert smashed.model.generation_config.cache_implementation == "static"
+    counters.clear()
+    with torch.no_grad():
+        smashed(**tiny_inputs("llama"))
+    assert counters["stats"]["unique_graphs"] == 0
+    assert torch.equal(generate(smashed, "llama", new_tokens=6), expected)
+    assert counters["stats"]["unique_graphs"] >= 1
+
+
+def test_compiled_decode_target_refuses_a_model_without_a_static_cache_before_touching_it():
+    model = build_tiny("bert")
+    before = copy.deepcopy(model.state_dict())
+    cfg = SmashConfig({"quantizer": "half", "compiler": "torch_compile", "torch_compile_target": "decode"}, device="cpu")
+    with pytest.raises(UnsupportedModelError, match="torch_compile_target='forward'"):
+        smash(model, cfg, verbose=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.usefixtures("fresh_dynamo")

@@ -402,6 +402,20 @@ def test_pydoc_topics_is_deterministic_and_splits_whole_topics():
     assert small.sizes() == {"train": 10, "val": 3, "test": 2}
 
 
+def test_local_texts_mixes_kinds_in_every_split_and_keeps_documents_whole():
+    """LocalTexts, the default calibration of the recommended recipes: each split holds every kind the
+    machine has (pydoc always; Debian's licences here), no document is in two splits, and the first rows
+    already alternate between kinds (a calibration reading only a prefix still sees both)."""
+    module = SmashDataModule.from_string("LocalTexts")
+    splits = (module.train_dataset, module.val_dataset, module.test_dataset)
+    kinds = {"python documentation"} | ({"licences"} if Path("/usr/share/common-licenses").is_dir() else set())
+    assert all(set(split["kind"]) == kinds for split in splits)
+    documents = [set(zip(split["kind"], split["document"])) for split in splits]
+    assert not (documents[0] & documents[1]) and not (documents[0] & documents[2]) and not (documents[1] & documents[2])
+    assert set(module.train_dataset["kind"][:4]) == kinds
+    assert SmashDataModule.from_string("LocalTexts").train_dataset["text"] == module.train_dataset["text"]
+
+
 # ---------------------------------------------------------------------------------------------- calibration
 def test_calibration_batches_are_full_windows_without_padding(cfg, tokenizer):
     cfg.add_data("PydocTopics")

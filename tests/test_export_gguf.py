@@ -94,6 +94,7 @@ def test_gguf_metadata_is_llamas_and_the_tokenizer_is_complete(tokenizer, tmp_pa
     assert fields["llama.rope.dimension_count"] == config.hidden_size // config.num_attention_heads
     assert fields["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q4_0)
     assert fields["tokenizer.ggml.model"] == "gpt2"
+    assert fields["tokenizer.ggml.pre"] == "gpt-2"  # llama.cpp's name: it refuses to load "gpt2"
     vocab = tokenizer.get_vocab()
     tokens = fields["tokenizer.ggml.tokens"]
     assert len(tokens) == config.vocab_size

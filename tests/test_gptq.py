@@ -169,6 +169,37 @@ def test_packed_linear_computes_its_dequantized_weight(bits, group_size, act_ord
     assert (layer(x) - expected).abs().max() <= tolerance * expected.abs().max()
 
 
+@pytest.mark.parametrize("tokens", [1, 8, 9, 128])  # GEMM_ROWS is 8
+def test_int8_layers_compute_the_same_product_for_decode_and_prefill_shapes(tokens):
+    """8-bit layers run the matrix-vector kernel up to GEMM_ROWS rows and a bf16 GEMM on the converted int8
+    matrix above: both compute the layer's dequantized product (to bf16 rounding), whichever runs."""
+    weight = torch.randn(96, 256) * 0.05
+    quantized = gptq_quantize(weight, torch.eye(256), 8, -1, act_order=False)
+    layer = PackedLinear.from_integers(quantized.q, quantized.scales, quantized.zeros, 8, -1, None, torch.randn(96))
+    x = torch.randn(1, tokens, 256)
+    expected = F.linear(x, layer.dequantize(), layer.bias)
+    assert (layer(x) - expected).abs().max() <= 2e-2 * expected.abs().max()
+
+
+def test_bfloat16_compute_dtype_casts_the_rest_and_reloads_exactly(tokenizer, tmp_path):
+    """gptq_compute_dtype='bfloat16': everything that is not quantized runs in bf16 (the kernels' own
+    activation dtype), callers' float inputs are cast, and the saved folder loads back to the same outputs."""
+    smashed = smash(build_tiny("llama"), gptq_config(tokenizer, "PydocTopics", gptq_weight_bits=8, gptq_group_size=-1,
+                                                      gptq_compute_dtype="bfloat16"), verbose=False)
+    floats = {t.dtype for t in smashed.model.state_dict().values() if t.is_floating_point()}
+    assert floats == {torch.bfloat16}
+    inputs = tiny_inputs("llama")
+    with torch.no_grad():
+        before = smashed(**inputs).logits
+        embeds = smashed.model.get_input_embeddings()(inputs["input_ids"]).float()  # a float32 caller
+        assert smashed(inputs_embeds=embeds).logits.dtype == torch.bfloat16
+    assert before.dtype == torch.bfloat16
+    smashed.save_pretrained(tmp_path / "saved")
+    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, before)
+
+
 def test_packed_linear_state_is_plain_tensors_and_reloads_exactly():
     weight = torch.randn(32, 64)
     quantized = gptq_quantize(weight, torch.eye(64), 4, 32, act_order=True)

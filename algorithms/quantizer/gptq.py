@@ -7,6 +7,12 @@ scales and packed integer zero points (smashlib.layers.packed_int), and run weig
 int4 CPU kernel with bf16 activations, or its int8 weight-only kernel for 8 bits
 (smashlib.layers.lowbit_kernels; docs/gptq.md has the measurements behind that choice).
 
+``compute_dtype="bfloat16"`` casts what is not quantized (norms, embeddings kept in float, attention,
+biases) to bf16 too. The kernels take bf16 activations anyway, so this costs no measurable quality
+(bf16 and fp32 SmolLM2 give the same perplexity) and makes the rest of the model run at bf16 speed:
+with 8-bit weights, whose prefill products already run as bf16 GEMMs, prefill then runs at the speed
+of a bf16 model and decode reads int8 weights (docs/benchmarks.md, the CPU recipe).
+
 auto-gptq is not used: it cannot quantize without CUDA and breaks on transformers 5. The maintained
 GPTQModel package can do the solving instead (``gptq_backend="gptqmodel"``) where it is installed.
 """
@@ -18,6 +24,7 @@ from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
 from smashlib.algorithm import Algorithm
+from smashlib.casting import DTYPES, cast_model, install_input_casting
 from smashlib.errors import SmashConfigError, UnsupportedModelError
 from smashlib.gptq.block_grids import BLOCK_GRIDS
 from smashlib.gptq.layerwise import (
@@ -85,6 +92,7 @@ class GPTQ(Algorithm):
         Categorical("backend", ["torch", "gptqmodel"], default="torch"),
         Categorical("method", ["gptq", "rtn"], default="gptq"),
         Categorical("grid", ["minmax", *BLOCK_GRIDS], default="minmax"),
+        Categorical("compute_dtype", ["float32", "bfloat16"], default="float32"),
     )
 
     @classmethod
@@ -147,7 +155,7 @@ class GPTQ(Algorithm):
         options = SolverOptions(settings["method"], float(settings["damp_percent"]))
         targets, head = self._plan(model, settings)
         if options.method == "rtn":
-            return quantize_model(model, [], layer_grid(settings), head, options, targets=targets)
+            return self._cast(quantize_model(model, [], layer_grid(settings), head, options, targets=targets), settings)
         from smashlib.data import calibration_batches
         from smashlib.data.activation_calibration import GPTQ_TOKENS_PER_BATCH
 
@@ -158,15 +166,28 @@ class GPTQ(Algorithm):
         if settings["backend"] == "gptqmodel":
             from smashlib.gptq.gptqmodel_backend import quantize_with_gptqmodel
 
-            return quantize_with_gptqmodel(model, batches, layer_grid(settings), head, settings, components)
-        return quantize_model(model, batches, layer_grid(settings), head, options, targets=targets)
+            model = quantize_with_gptqmodel(model, batches, layer_grid(settings), head, settings, components)
+        else:
+            model = quantize_model(model, batches, layer_grid(settings), head, options, targets=targets)
+        return self._cast(model, settings)
+
+    @staticmethod
+    def _cast(model: nn.Module, settings: dict[str, Any]) -> nn.Module:
+        """The model in its compute dtype (after quantizing, so calibration saw the original precision)."""
+        dtype = settings.get("compute_dtype", "float32")  # configs saved before the setting: float32
+        return model if dtype == "float32" else cast_model(model, DTYPES[dtype])
 
     def prepare_for_loading(self, model, settings):
         targets, head = self._plan(model, settings)
-        return prepare_structure(model, layer_grid(settings), head, targets)
+        model = prepare_structure(model, layer_grid(settings), head, targets)
+        dtype = settings.get("compute_dtype", "float32")
+        return model if dtype == "float32" else model.to(DTYPES[dtype])
 
     def after_loading(self, model, settings):
         for module in model.modules():
             if isinstance(module, PackedLinear):
                 module.prepare_kernel()
+        dtype = settings.get("compute_dtype", "float32")
+        if dtype != "float32":
+            install_input_casting(model, DTYPES[dtype])
         return model

@@ -13,71 +13,13 @@ See docs/algorithms.md for measured numbers.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
-from copy import copy
-from typing import Any
 
 import torch
 from ConfigSpace import Categorical
 
 from smashlib.algorithm import Algorithm
+from smashlib.casting import DTYPES, install_input_casting
 from smashlib.errors import UnsupportedModelError
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cast_floats(value: Any, dtype: torch.dtype) -> Any:
-    """``value`` with every floating tensor in it (nested in lists, tuples, dicts, ModelOutputs) cast to
-    ``dtype``; containers keep their type, everything else is returned as is."""
-    if isinstance(value, torch.Tensor):
-        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
-    if isinstance(value, Mapping):
-        if not isinstance(value, dict):
-            return value  # read-only or exotic mappings: leave them alone
-        cast = copy(value)  # keeps the class (ModelOutput, BatchFeature) and its attributes
-        for key, item in value.items():
-            cast[key] = cast_floats(item, dtype)
-        return cast
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # named tuple
-        return type(value)(*(cast_floats(item, dtype) for item in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(cast_floats(item, dtype) for item in value)
-    return value
-
-
-def cast_inputs_hook(dtype: torch.dtype):
-    """A forward pre-hook casting floating inputs to ``dtype``."""
-
-    def hook(module, args, kwargs):
-        return cast_floats(args, dtype), cast_floats(kwargs, dtype)
-
-    hook.smashlib_casts_to = dtype  # how after_loading finds (and replaces) a hook of ours
-    return hook
-
-
-def entry_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The modules that receive the caller's inputs: the model, and its encoder when ``generate`` calls
-    that one directly (encoder-decoder models)."""
-    modules = [model]
-    get_encoder = getattr(model, "get_encoder", None)
-    if callable(get_encoder):
-        try:
-            encoder = get_encoder()
-        except (AttributeError, NotImplementedError, TypeError):  # decoder-only models may refuse
-            encoder = None
-        if isinstance(encoder, torch.nn.Module) and encoder is not model:
-            modules.append(encoder)
-    return modules
-
-
-def install_input_casting(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Put one casting pre-hook on each entry module, replacing any this function put there before."""
-    for module in entry_modules(model):
-        for key, hook in list(module._forward_pre_hooks.items()):
-            if getattr(hook, "smashlib_casts_to", None) is not None:
-                del module._forward_pre_hooks[key]
-                module._forward_pre_hooks_with_kwargs.pop(key, None)
-        module.register_forward_pre_hook(cast_inputs_hook(dtype), with_kwargs=True)
 
 
 def fp16_is_slow_here() -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from smashlib.data.local_texts import LocalTextsSource
 from smashlib.data.pydoc_topics import PydocSource
 from smashlib.data.sources import CocoSource, HubFileSource, HubSource, first_caption, messages_to_text
 from smashlib.errors import UnknownNameError, did_you_mean
@@ -61,6 +62,11 @@ DATASETS: dict[str, BuiltinDataset] = _entries(
     BuiltinDataset(
         "PydocTopics", "text generation", TEXT_GENERATION, PydocSource(), license="PSF",
         notes="Python's own help pages; no download, works offline. Topics (not paragraphs) are split, by characters 80/10/10.",
+    ),
+    BuiltinDataset(
+        "LocalTexts", "text generation", TEXT_GENERATION, LocalTextsSource(), license="PSF and each licence's own terms",
+        notes=("Several kinds mixed: PydocTopics and Debian's licence texts, split by whole documents 80/10/10 and "
+               "interleaved; no download. The default calibration data of the recommended recipes."),
     ),
     BuiltinDataset(
         "WikiText", "text generation", TEXT_GENERATION,

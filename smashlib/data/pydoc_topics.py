@@ -36,16 +36,14 @@ def documents(text: str, limit: int = DOCUMENT_CHARS) -> list[str]:
     return pieces
 
 
-def topic_split(seed: int) -> tuple[list[str], list[str], list[str]]:
-    """The topic names of train, validation and test. Topics are shuffled with ``seed``, then taken in that
-    order for test until it holds 10% of the characters (skipping a topic that would overshoot by half),
-    then for validation likewise; the rest is train. Counting characters, not topics, keeps the shares even though one topic can be 100x
-    longer than another."""
-    from pydoc_data.topics import topics
-
-    names = sorted(topics)
+def split_by_characters(texts: dict[str, str], seed: int) -> tuple[list[str], list[str], list[str]]:
+    """The names of ``texts`` in train, validation and test. Names are shuffled with ``seed``, then taken in
+    that order for test until it holds 10% of the characters (skipping one that would overshoot by half),
+    then for validation likewise; the rest is train. Counting characters, not documents, keeps the shares
+    even though one document can be 100x longer than another."""
+    names = sorted(texts)
     random.Random(seed).shuffle(names)
-    total = sum(len(topics[name]) for name in names)
+    total = sum(len(texts[name]) for name in names)
     test: list[str] = []
     val: list[str] = []
     for part, share in ((test, TOPIC_SHARES[2]), (val, TOPIC_SHARES[1])):
@@ -53,11 +51,18 @@ def topic_split(seed: int) -> tuple[list[str], list[str], list[str]]:
         for name in list(names):
             if size >= target:
                 break
-            if size + len(topics[name]) <= 1.5 * target:  # a huge topic would overshoot: leave it to train
+            if size + len(texts[name]) <= 1.5 * target:  # a huge document would overshoot: leave it to train
                 part.append(name)
                 names.remove(name)
-                size += len(topics[name])
+                size += len(texts[name])
     return sorted(names), sorted(val), sorted(test)
+
+
+def topic_split(seed: int) -> tuple[list[str], list[str], list[str]]:
+    """The topic names of train, validation and test (:func:`split_by_characters` over the topics)."""
+    from pydoc_data.topics import topics
+
+    return split_by_characters(topics, seed)
 
 
 class PydocSource:

@@ -48,8 +48,9 @@ KNOWN_PRE_TOKENIZERS = {
         ]},
         sort_keys=True,
     ): "smollm",
-    # plain GPT-2 byte-level splitting (e.g. SmolLM2's tokenizer as transformers rebuilds it from a GGUF)
-    json.dumps({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}, sort_keys=True): "gpt2",
+    # plain GPT-2 byte-level splitting (e.g. SmolLM2's tokenizer as transformers rebuilds it from a GGUF);
+    # llama.cpp names it "gpt-2" and refuses "gpt2" ("unknown pre-tokenizer type", llama.cpp 0.3.36)
+    json.dumps({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}, sort_keys=True): "gpt-2",
 }
 
 #: file_type values (gguf.LlamaFileType) for the block type most matrices use
