@@ -1,7 +1,7 @@
 """The CPU recipes in both phases, on two kinds of text, from the first call: SmolLM2-135M (not CI).
 
     python benchmarks/cpu_recipe.py --markdown docs/cpu_recipe.md          # every recipe, llama.cpp if installed
-    python benchmarks/cpu_recipe.py --only "fp32 eager,gptq 8-bit bf16 + torch_compile"
+    python benchmarks/cpu_recipe.py --only "fp32 eager;gptq 4-bit g32, 8-bit head"
 
 Protocol (issue 15):
 - calibration: one kind of text only, the licence texts Debian ships in /usr/share/common-licenses (legal
@@ -54,9 +54,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fp32 eager": {},
     "half bf16": {"quantizer": "half"},
     "torch_dynamic (default)": {"quantizer": "torch_dynamic"},
-    "gptq 8-bit + torch_compile (the previous recommendation)": {**EIGHT_BIT, "compiler": "torch_compile"},
+    "gptq 8-bit + torch_compile (recommended)": {**EIGHT_BIT, "compiler": "torch_compile"},
     "gptq 8-bit bf16, eager": {**EIGHT_BIT, "gptq_compute_dtype": "bfloat16"},
     "gptq 8-bit bf16 + compiled decode, LocalTexts": {**EIGHT_BIT, **BF16_DECODE},
+    "gptq 8-bit bf16 + torch_compile, LocalTexts": {**EIGHT_BIT, "gptq_compute_dtype": "bfloat16",
+                                                   "compiler": "torch_compile"},
+    "gptq 8-bit + torch_compile, LocalTexts": {**EIGHT_BIT, "compiler": "torch_compile"},
     "gptq 4-bit g32 (defaults)": {"quantizer": "gptq"},
     "gptq 4-bit g32, 8-bit head": {"quantizer": "gptq", "gptq_output_head_precision": "int8"},
     "gptq 4-bit g32, 8-bit head, bf16 + compiled decode, LocalTexts": {
@@ -403,7 +406,7 @@ def markdown(rows: dict[str, dict[str, Any]], load: tuple[float, float], threads
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", type=lambda text: [p.strip() for p in text.split(",")], help="labels, comma-separated")
+    parser.add_argument("--only", type=lambda text: [p.strip() for p in text.split(";")], help="labels, separated by ;")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per recipe (median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-llama-cpp", action="store_true")

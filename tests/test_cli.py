@@ -163,7 +163,12 @@ def test_smash_with_report_prints_the_comparison(capsys, model_folder):
 def test_demo_runs_end_to_end_on_the_real_model(capsys, smollm2_path, monkeypatch):
     from smashlib.evaluation import demo
 
-    for name, value in {"DEMO_SAMPLES": 2, "DEMO_TOKENS": 32, "DEMO_NEW_TOKENS": 3, "DEMO_ROUNDS": 1}.items():
+    # the demo's own recipe, bounded for CI: fewer calibration windows, and not compiled (compiling the real
+    # model takes minutes on 2 cores; gptq + torch_compile is tested on tiny models)
+    recipe = {key: value for key, value in demo.DEMO_RECIPE.items() if not key.startswith(("compiler", "torch_compile"))}
+    bounded = {"DEMO_SAMPLES": 2, "DEMO_TOKENS": 32, "DEMO_NEW_TOKENS": 3, "DEMO_ROUNDS": 1,
+               "DEMO_RECIPE": {**recipe, "gptq_calibration_samples": 8}}
+    for name, value in bounded.items():
         monkeypatch.setattr(demo, name, value)
     status, printed, _ = run(capsys, "demo", "--quiet", "--json")
     report = json.loads(printed)
@@ -171,7 +176,7 @@ def test_demo_runs_end_to_end_on_the_real_model(capsys, smollm2_path, monkeypatc
     values = report["values"]["smashed"]
     for key in ("weights_memory_mb", "latency_p50_ms", "decode_tokens_per_s", "perplexity", "top1_agreement"):
         assert values[key] is not None, key
-    assert report["ratios"]["smashed"]["weights_memory_mb"] < 0.7
+    assert report["ratios"]["smashed"]["weights_memory_mb"] < 0.3  # int8 weights
 
 
 def test_dependency_noise_is_hidden_but_errors_are_not(capsys):

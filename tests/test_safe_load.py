@@ -27,6 +27,7 @@ from smashlib import (
     serialization,
     smash,
 )
+from tests.folders import edit_manifest
 from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +51,6 @@ def saved(tmp_path_factory):
 def copy_of(saved, tmp_path):
     shutil.copytree(saved, tmp_path / "copy")
     return tmp_path / "copy"
-
-
-def edit_manifest(folder: Path, change) -> None:
-    path = folder / "smash_config.json"
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
 
 
 def logits(model, name: str = "llama") -> torch.Tensor:

@@ -25,6 +25,7 @@ from smashlib import (
     serialization,
     smash,
 )
+from tests.folders import edit_manifest
 from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -249,13 +250,6 @@ def copy_of(saved_int8, tmp_path):
 
     shutil.copytree(saved_int8, tmp_path / "copy")
     return tmp_path / "copy"
-
-
-def edit_manifest(folder: Path, change) -> None:
-    path = folder / "smash_config.json"
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
 
 
 def test_newer_folder_format_is_refused(copy_of):

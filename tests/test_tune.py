@@ -9,13 +9,13 @@ import pytest
 
 pytest.importorskip("smac", reason="tune() needs SMAC3: pip install 'smashlib[tune]'")
 
-from smashlib import registry
+from smashlib import SmashConfig, registry
 from smashlib.errors import SmashConfigError, SmashError, UnknownNameError
 from smashlib.tuning import tune
 from smashlib.tuning.budget import parse_budget
 from smashlib.tuning.first_batch import calibrates, first_batch, runtime_variants
 from smashlib.tuning.log import TrialLogError
-from smashlib.tuning.space import active_values, candidate_algorithms, restricted_space
+from smashlib.tuning.space import active_values, candidate_algorithms, restricted_space, to_configuration
 from tests.tiny_models import build_tiny, tiny_tokenizer
 
 #: Settings that make a trial on the tiny llama take about a second.
@@ -208,3 +208,15 @@ def test_the_cli_saves_the_best_model_and_the_trials(tmp_path, tokenizer, capsys
 def test_import_smashlib_does_not_import_smac():
     code = "import sys, smashlib; assert 'smac' not in sys.modules; smashlib.tune; assert 'smac' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_recipe_with_a_none_valued_setting_goes_through_the_space_and_back():
+    """torch_compile_dynamic=None (its default) is a value, not "no algorithm": a compiled recipe (the
+    reference of the real run, and every compiler variant) must survive active_values -> to_configuration."""
+    kept, _ = candidate_algorithms(["gptq", "torch_compile"], None, "cpu")
+    space = restricted_space(kept)
+    values = SmashConfig({"quantizer": "gptq", "compiler": "torch_compile"}, device="cpu").to_dict()
+    round_trip = active_values(to_configuration(space, values))
+    assert round_trip["torch_compile_dynamic"] is None and "batcher" not in round_trip
+    assert active_values(to_configuration(space, round_trip)) == round_trip
+    assert [v for v in runtime_variants(space, {k: v for k, v in values.items() if not k.startswith(("compiler", "torch_compile"))})]

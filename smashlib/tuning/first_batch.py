@@ -18,10 +18,12 @@ from smashlib import registry
 from smashlib.algorithm import RUNTIME_GROUPS, Algorithm
 from smashlib.tuning.space import config_key, to_configuration
 
-#: Recipes measured in docs/benchmarks.md (benchmarks/quantizers.py), weight part only: the runtime
-#: groups are added by runtime_variants() once a recipe meets the bound.
+#: Recipes measured in docs/benchmarks.md (benchmarks/quantizers.py) and docs/cpu_recipe.md
+#: (benchmarks/cpu_recipe.py), weight part only: the runtime groups are added by runtime_variants() once a
+#: recipe meets the bound.
 STARTING_POINTS: tuple[dict[str, Any], ...] = (
     {"quantizer": "half", "half_dtype": "bfloat16"},
+    {"quantizer": "gptq", "gptq_weight_bits": 8, "gptq_group_size": -1, "gptq_compute_dtype": "bfloat16"},
     {"quantizer": "torch_dynamic", "torch_dynamic_target_modules": "all_linear", "torch_dynamic_smoothquant": True},
     {"quantizer": "torchao", "torchao_quant_type": "int8wo"},
     {"quantizer": "hqq", "hqq_weight_bits": 8},
@@ -72,9 +74,23 @@ def first_batch(space: ConfigurationSpace, algorithms: list[Algorithm]) -> list[
     return sorted(batch.values(), key=cost_rank)  # sorted() is stable: the order above breaks ties
 
 
+#: Runtime settings measured in docs/cpu_recipe.md, tried before the runtime algorithms' defaults: the
+#: compiled decoding step (prefill left eager) beat compiling the whole forward for 8-bit GPTQ in bf16.
+RUNTIME_STARTING_POINTS: tuple[dict[str, Any], ...] = (
+    {"compiler": "torch_compile", "torch_compile_target": "decode"},
+)
+
+
 def runtime_variants(space: ConfigurationSpace, values: dict[str, Any]) -> list[dict[str, Any]]:
-    """``values`` with each runtime algorithm of the space added at its defaults (where allowed)."""
+    """``values`` with each runtime starting point, then each runtime algorithm of the space at its
+    defaults, added (where allowed)."""
     variants = []
+    for extra in RUNTIME_STARTING_POINTS:
+        if any(group in values for group in extra if group in RUNTIME_GROUPS):
+            continue
+        completed = _completed(space, {**values, **extra})
+        if completed is not None:
+            variants.append(completed)
     for algorithm in registry.algorithms().values():
         if algorithm.group not in RUNTIME_GROUPS or algorithm.group in values:
             continue

@@ -122,7 +122,10 @@ def active_values(configuration: Configuration | dict[str, Any]) -> dict[str, An
     """The chosen groups and their hyperparameters as plain Python: what a SmashConfig is built from."""
     from smashlib.config import plain
 
-    return {key: plain(value) for key, value in dict(configuration).items() if plain(value) is not None}
+    # None is "no algorithm" for a group (dropped), but a legal value of a hyperparameter (kept:
+    # torch_compile_dynamic=None is its default, and an active hyperparameter must have a value)
+    return {key: plain(value) for key, value in dict(configuration).items()
+            if plain(value) is not None or key not in GROUP_ORDER}
 
 
 def to_configuration(space: ConfigurationSpace, values: dict[str, Any]) -> Configuration:
