@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(report: dict[str, Any]) -> str:
     c = report["conditions"]
     lines = [
-        (f"Measured in one run with {c['torch_threads']} torch threads while the machine was shared "
+        (f"Measured in one run with {c['torch_threads']} torch threads "
         f"(load average {c['load_average_at_start']:.1f} at start, {c.get('load_average_at_end', 0):.1f} at end); "
         f"perplexity on {c['eval_windows']} windows of {c['window_tokens']} tokens per text; speed as the median "
         "ratio to the dense model over alternating rounds."),
