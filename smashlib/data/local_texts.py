@@ -53,6 +53,9 @@ def interleave(parts: list[list[tuple[str, str, str]]]) -> list[tuple[str, str, 
 class LocalTextsSource:
     """Loads LocalTexts from the running machine's files."""
 
+    #: Reads files of the running machine: no download, works offline.
+    works_offline = True
+
     def describe(self) -> str:
         return "pydoc_data.topics + /usr/share/common-licenses (on the machine)"
 

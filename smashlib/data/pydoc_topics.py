@@ -68,6 +68,9 @@ def topic_split(seed: int) -> tuple[list[str], list[str], list[str]]:
 class PydocSource:
     """Loads PydocTopics from the running Python's own files."""
 
+    #: Reads files of the running machine: no download, works offline.
+    works_offline = True
+
     def describe(self) -> str:
         return "pydoc_data.topics (ships with Python)"
 
