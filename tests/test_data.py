@@ -416,6 +416,15 @@ def test_local_texts_mixes_kinds_in_every_split_and_keeps_documents_whole():
     assert SmashDataModule.from_string("LocalTexts").train_dataset["text"] == module.train_dataset["text"]
 
 
+def test_local_texts_without_the_licence_folder_warns_and_keeps_the_other_kinds(monkeypatch, tmp_path):
+    from smashlib.data import local_texts
+
+    monkeypatch.setattr(local_texts, "LICENCES", tmp_path / "missing")
+    with pytest.warns(UserWarning, match="no licences on this machine"):
+        module = SmashDataModule.from_string("LocalTexts")
+    assert set(module.train_dataset["kind"]) == {"python documentation"}
+
+
 # ---------------------------------------------------------------------------------------------- calibration
 def test_calibration_batches_are_full_windows_without_padding(cfg, tokenizer):
     cfg.add_data("PydocTopics")
