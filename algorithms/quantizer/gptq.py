@@ -11,7 +11,7 @@ int4 CPU kernel with bf16 activations, or its int8 weight-only kernel for 8 bits
 biases) to bf16 too. The kernels take bf16 activations anyway, so this costs no measurable quality
 (bf16 and fp32 SmolLM2 give the same perplexity) and makes the rest of the model run at bf16 speed:
 with 8-bit weights, whose prefill products already run as bf16 GEMMs, prefill then runs at the speed
-of a bf16 model and decode reads int8 weights (docs/benchmarks.md, the CPU recipe).
+of a bf16 model and decode reads int8 weights (measured in docs/cpu_recipe.md).
 
 auto-gptq is not used: it cannot quantize without CUDA and breaks on transformers 5. The maintained
 GPTQModel package can do the solving instead (``gptq_backend="gptqmodel"``) where it is installed.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from ConfigSpace import Categorical, Float, Integer
 from torch import nn
 
@@ -172,22 +173,27 @@ class GPTQ(Algorithm):
         return self._cast(model, settings)
 
     @staticmethod
-    def _cast(model: nn.Module, settings: dict[str, Any]) -> nn.Module:
+    def _compute_dtype(settings: dict[str, Any]) -> torch.dtype | None:
+        """The dtype the rest of the model runs in, or None to leave it as it is (float32, and configs saved
+        before the setting)."""
+        return DTYPES.get(settings.get("compute_dtype", "float32"))
+
+    def _cast(self, model: nn.Module, settings: dict[str, Any]) -> nn.Module:
         """The model in its compute dtype (after quantizing, so calibration saw the original precision)."""
-        dtype = settings.get("compute_dtype", "float32")  # configs saved before the setting: float32
-        return model if dtype == "float32" else cast_model(model, DTYPES[dtype])
+        dtype = self._compute_dtype(settings)
+        return model if dtype is None else cast_model(model, dtype)
 
     def prepare_for_loading(self, model, settings):
         targets, head = self._plan(model, settings)
         model = prepare_structure(model, layer_grid(settings), head, targets)
-        dtype = settings.get("compute_dtype", "float32")
-        return model if dtype == "float32" else model.to(DTYPES[dtype])
+        dtype = self._compute_dtype(settings)
+        return model if dtype is None else model.to(dtype)
 
     def after_loading(self, model, settings):
         for module in model.modules():
             if isinstance(module, PackedLinear):
                 module.prepare_kernel()
-        dtype = settings.get("compute_dtype", "float32")
-        if dtype != "float32":
-            install_input_casting(model, DTYPES[dtype])
+        dtype = self._compute_dtype(settings)
+        if dtype is not None:
+            install_input_casting(model, dtype)
         return model

@@ -18,7 +18,7 @@ import torch
 from ConfigSpace import Categorical
 
 from smashlib.algorithm import Algorithm
-from smashlib.casting import DTYPES, install_input_casting
+from smashlib.casting import DTYPES, cast_model, install_input_casting
 from smashlib.errors import UnsupportedModelError
 
 
@@ -47,8 +47,7 @@ class Half(Algorithm):
             raise UnsupportedModelError("half needs floating-point parameters; this model has none.")
 
     def apply(self, model, settings, components):
-        model = model.to(DTYPES[settings["dtype"]])
-        return self.after_loading(model, settings)
+        return cast_model(model, DTYPES[settings["dtype"]])
 
     def prepare_for_loading(self, model, settings):
         return model.to(DTYPES[settings["dtype"]])
