@@ -348,6 +348,19 @@ def test_compiled_generate_matches_eager_and_recompiles_a_bounded_number_of_time
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
+def test_a_compiled_bf16_model_has_no_graph_break_at_its_input_casting():
+    """half's pre-hook casts the caller's float inputs; it used to copy forward's kwargs with copy.copy,
+    which Dynamo cannot trace, splitting every compiled bf16 forward in two."""
+    from torch._dynamo.utils import counters
+
+    smashed = smash(build_tiny("llama"), compile_config(quantizer="half"), verbose=False)
+    counters.clear()
+    with torch.no_grad():
+        smashed(**tiny_inputs("llama"))
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_compiled_decode_target_compiles_only_generates_step_over_a_static_cache():
     """torch_compile_target='decode': plain forward calls (prefill, perplexity) stay eager, generate decodes
     with a static cache through one compiled step, and the tokens are those of the eager model."""
