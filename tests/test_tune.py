@@ -220,3 +220,56 @@ def test_a_recipe_with_a_none_valued_setting_goes_through_the_space_and_back():
     assert round_trip["torch_compile_dynamic"] is None and "batcher" not in round_trip
     assert active_values(to_configuration(space, round_trip)) == round_trip
     assert [v for v in runtime_variants(space, {k: v for k, v in values.items() if not k.startswith(("compiler", "torch_compile"))})]
+
+
+def test_a_long_calibration_stops_at_the_budget_instead_of_finishing(model, tokenizer, monkeypatch):
+    """issue 14: a GPTQ calibration started just before the budget ended ran half an hour past it."""
+    import time
+
+    from smashlib.gptq import layerwise
+
+    block_calls = []
+    original = layerwise.run_block
+
+    def slow_block(block, call, hidden):
+        block_calls.append(1)
+        time.sleep(0.5)
+        return original(block, call, hidden)
+
+    monkeypatch.setattr(layerwise, "run_block", slow_block)
+    gptq = {"quantizer": "gptq", "gptq_weight_bits": 8, "gptq_calibration_samples": 256, "gptq_sequence_length": 128}
+    started = time.time()
+    result = tune(model, tokenizer=tokenizer, include=["gptq"], reference=[gptq], budget="3s", **FAST)
+    # 16 batches of 16 samples, run twice through each of the 2 blocks at 0.5 s a call: 32 s; it stops at the budget
+    assert time.time() - started < 20 and len(block_calls) < 16, len(block_calls)
+    calibrated = [t for t in result.trials if t["config"]["gptq_method"] == "gptq"]
+    assert calibrated and calibrated[-1]["status"] == "timeout", result.trials
+    assert "stopped before gptq calibration of block 0" in calibrated[-1]["reason"], calibrated[-1]["reason"]
+
+
+def test_expected_seconds_scale_the_smash_phase_of_the_fastest_trial_of_the_same_kind():
+    from smashlib.tuning.estimate import expected_seconds, workload
+
+    logged = [
+        {"status": "ok", "config": {"quantizer": "gptq", "gptq_calibration_samples": 64, "gptq_sequence_length": 512},
+         "seconds": {"smash": 100.0, "total": 130.0}},
+        {"status": "ok", "config": {"quantizer": "gptq", "gptq_calibration_samples": 64, "gptq_sequence_length": 512},
+         "seconds": {"smash": 200.0, "total": 260.0}},  # the slower run of the same work is not the estimate
+        {"status": "timeout", "config": {"quantizer": "half"}, "seconds": {"total": 1.0}},  # stopped early: no measure
+        {"status": "ok", "config": {"quantizer": "gptq", "compiler": "torch_compile", "gptq_calibration_samples": 64,
+                                    "gptq_sequence_length": 512}, "seconds": {"smash": 100.0, "total": 400.0}},
+    ]
+    bigger = {"quantizer": "gptq", "gptq_calibration_samples": 256, "gptq_sequence_length": 512}
+    assert workload(bigger) == 256 * 512 and workload({"quantizer": "half"}) == 1
+    assert expected_seconds(bigger, logged) == 4 * 100 + 30
+    assert expected_seconds({"quantizer": "half"}, logged) is None  # never measured: it runs, under the limit
+    assert expected_seconds({**bigger, "compiler": "torch_compile"}, logged) == 4 * 100 + 300
+
+
+def test_proposals_that_cannot_fit_in_the_time_left_are_not_started(model, tokenizer, monkeypatch):
+    from smashlib.tuning import search
+
+    monkeypatch.setattr(search, "expected_seconds", lambda values, records: 1e6)
+    result = tune(model, tokenizer=tokenizer, include=["half", "torch_dynamic"], budget="300s", **FAST)
+    assert result.trials == [] and result.stopped.startswith("budget ended early")
+    assert "would not fit in the time left" in result.table()

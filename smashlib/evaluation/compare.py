@@ -21,6 +21,7 @@ from smashlib.evaluation.metrics import DEFAULT_METRICS, Metric, Quantity, get_m
 from smashlib.evaluation.report import Report
 from smashlib.evaluation.runtime import model_device, unwrap
 from smashlib.progress import progress
+from smashlib.time_limit import TimeLimitReached
 
 
 @contextmanager
@@ -71,6 +72,8 @@ def run_metrics(
                 skipped[f"{metric.name} ({label})"] = reasons[label]
         try:
             measured = _measure(metric, models, reference, active, inputs, verbose)
+        except TimeLimitReached:  # the caller's budget, not this metric, ended the measurement
+            raise
         except Exception as error:  # noqa: BLE001 - one metric failing must not cost the whole report; reported
             skipped[metric.name] = f"failed: {type(error).__name__}: {error}"
             warnings.warn(f"smashlib: metric '{metric.name}' failed: {type(error).__name__}: {error}", stacklevel=2)

@@ -27,6 +27,7 @@ from smashlib.layers.packed_int import PackedEmbedding, PackedLinear
 from smashlib.layers.tied_embedding import tie_spec
 from smashlib.modules import output_head_names, replace_module
 from smashlib.progress import progress
+from smashlib.time_limit import check_time_limit
 
 
 # ====================================================================== model layouts
@@ -290,6 +291,7 @@ def quantize_model(
             hessians = InputHessians(layers)
             try:
                 for call, states in zip(calls, hidden):
+                    check_time_limit(f"gptq calibration of block {index}")  # hundreds of samples per block
                     run_block(block, call, states)
                     hessians.end_batch()
             finally:

@@ -112,7 +112,7 @@ class TuneResult:
         """Every trial: recipe, objective and size against the base, quality drop, verdict and reason."""
         rows = self.rows()
         if not rows:
-            return "no trial finished"
+            return f"no trial finished ({self.stopped})" if self.stopped else "no trial finished"
         columns = list(rows[0])
         if markdown:
             lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

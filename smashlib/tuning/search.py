@@ -19,6 +19,7 @@ from typing import Any
 
 from smashlib.errors import SmashConfigError
 from smashlib.tuning.budget import parse_budget
+from smashlib.tuning.estimate import expected_seconds
 from smashlib.tuning.first_batch import cost_rank, first_batch, runtime_variants
 from smashlib.tuning.log import TrialLog
 from smashlib.tuning.objectives import get_objective, get_quality, measured_objectives, smac_costs
@@ -30,6 +31,8 @@ from smashlib.tuning.trial import FAILED_COST, ShippedModel, TrialFunction, Tria
 RUNTIME_VARIANTS_OF = 2
 #: SMAC proposals in a row that were all tried already before the space is taken as exhausted.
 MAX_REPEATS = 50
+#: Proposals in a row too long for the time left (tuning/estimate.py) before the search ends early.
+MAX_TOO_LONG = 10
 
 
 def _data_module(data: Any) -> Any:
@@ -201,7 +204,7 @@ class _Search:
     def run(self, deadline: float, max_trials: int | None) -> str:
         from smac.runhistory.dataclasses import TrialInfo
 
-        new = 0
+        new = too_long = 0
         stopped = "space exhausted"
         while True:
             if time.time() >= deadline:
@@ -214,6 +217,13 @@ class _Search:
             if proposal is None:
                 break
             values, origin = proposal
+            if self._too_long(values, origin, deadline - time.time()):
+                too_long += 1
+                if too_long >= MAX_TOO_LONG:
+                    stopped = f"budget ended early: {too_long} proposals in a row would not fit in the time left"
+                    break
+                continue
+            too_long = 0
             info = TrialInfo(config=to_configuration(self.space, values), seed=self.seed)
             self.in_flight[config_key(values)] = (origin, origin == "reference")
             new += 1
@@ -228,6 +238,17 @@ class _Search:
             for finished in self.runner.iter_results():
                 self._finish(*finished)
         return stopped
+
+    def _too_long(self, values: dict[str, Any], origin: str, left: float) -> bool:
+        """Whether the logged trials say ``values`` cannot finish in the ``left`` seconds (then it is
+        not started, and not logged: a resumed search with more time runs it)."""
+        expected = expected_seconds(values, self.log.records)
+        if expected is None or expected <= left:
+            return False
+        if self.verbose:
+            print(f"smashlib tune: skipped [{origin}] {recipe_text(values)}: trials like it took "
+                  f"{expected:.0f} s, {max(left, 0):.0f} s left", flush=True)
+        return True
 
     def _finish(self, info: Any, value: Any) -> None:
         values = active_values(info.config)

@@ -16,16 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from smashlib.time_limit import TimeLimitReached, time_limit
 from smashlib.tuning.objectives import SIZE, Objective, Quality, measured_objectives, smac_costs
 
 #: Cost SMAC is told for a trial that produced no measurement: worse than any real ratio.
 FAILED_COST = 1e3
 #: Longest reason kept in a record (tracebacks of compilers run to pages).
 REASON_CHARS = 400
-
-
-class TrialTimeout(Exception):
-    """A trial ran past its time slot (checked between its phases)."""
 
 
 @dataclass
@@ -66,7 +63,7 @@ def _metrics(plan: TrialPlan) -> tuple[list[Any], list[Any]]:
 
 def _short(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
-    text = f"{type(error).__name__}: {text}" if not isinstance(error, TrialTimeout) else text
+    text = f"{type(error).__name__}: {text}"
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
 
 
@@ -77,9 +74,13 @@ def _fresh_inputs(inputs: Any) -> Any:
     return EvalInputs(inputs.batches, inputs.description)
 
 
-def _check(slot_end: float | None, started: float, phase: str) -> None:
+def _slot_text(started: float, slot_end: float | None) -> str:
+    return "no slot" if slot_end is None else f"{slot_end - started:.0f} s"
+
+
+def _check(slot_end: float | None, phase: str) -> None:
     if slot_end is not None and time.time() > slot_end:
-        raise TrialTimeout(f"out of its time slot after {phase} ({time.time() - started:.0f} s)")
+        raise TimeLimitReached(f"out of its time slot after {phase}", f"after {phase}")
 
 
 def smash_recipe(base: Any, tokenizer: Any, values: dict[str, Any], plan: TrialPlan) -> Any:
@@ -108,29 +109,31 @@ def run_trial(base: Any, tokenizer: Any, values: dict[str, Any], plan: TrialPlan
     }
     smashed = None
     try:
-        _check(slot_end, started, "waiting for a worker")
-        smashed = smash_recipe(base, tokenizer, values, plan)
-        record["seconds"]["smash"] = round(time.time() - started, 1)
-        _check(slot_end, started, "smashing")
-        judged, timed = _metrics(plan)
-        inputs = _fresh_inputs(plan.eval_inputs)
-        measure = time.time()
-        quality = evaluate_models({"base": base, "smashed": smashed}, inputs, judged, threads=plan.threads, verbose=False)
-        record["seconds"]["quality"] = round(time.time() - measure, 1)
-        judge_quality(record, quality, plan)
-        if record["status"] == "ok" and timed:  # timing a recipe that is rejected anyway would waste the slot
-            _check(slot_end, started, "measuring quality")
-            warm = time.time()
-            for metric in timed:  # compiles (torch_compile) here, so the slot is checked before timing
-                metric.warm_up(smashed, inputs)
-            record["seconds"]["warm_up"] = round(time.time() - warm, 1)
-            _check(slot_end, started, "warming up")
+        with time_limit(slot_end):  # long steps inside (calibration, training, evaluation) stop at the slot's end
+            _check(slot_end, "waiting for a worker")
+            smashed = smash_recipe(base, tokenizer, values, plan)
+            record["seconds"]["smash"] = round(time.time() - started, 1)
+            _check(slot_end, "smashing")
+            judged, timed = _metrics(plan)
+            inputs = _fresh_inputs(plan.eval_inputs)
             measure = time.time()
-            speed = evaluate_models({"base": base, "smashed": smashed}, inputs, timed, threads=plan.threads, verbose=False)
-            record["seconds"]["timing"] = round(time.time() - measure, 1)
-            judge_speed(record, speed, plan)
-    except TrialTimeout as error:
-        record.update(status="timeout", reason=_short(error))
+            quality = evaluate_models({"base": base, "smashed": smashed}, inputs, judged, threads=plan.threads, verbose=False)
+            record["seconds"]["quality"] = round(time.time() - measure, 1)
+            judge_quality(record, quality, plan)
+            if record["status"] == "ok" and timed:  # timing a recipe that is rejected anyway would waste the slot
+                _check(slot_end, "measuring quality")
+                warm = time.time()
+                for metric in timed:  # compiles (torch_compile) here, so the slot is checked before timing
+                    metric.warm_up(smashed, inputs)
+                record["seconds"]["warm_up"] = round(time.time() - warm, 1)
+                _check(slot_end, "warming up")
+                measure = time.time()
+                speed = evaluate_models({"base": base, "smashed": smashed}, inputs, timed, threads=plan.threads, verbose=False)
+                record["seconds"]["timing"] = round(time.time() - measure, 1)
+                judge_speed(record, speed, plan)
+    except TimeLimitReached as error:
+        record.update(status="timeout", reason=f"out of its time slot ({_slot_text(started, slot_end)}): stopped "
+                                               f"{error.step or 'early'}, {time.time() - started:.0f} s in")
     except Exception as error:  # noqa: BLE001 - recorded with its reason; the search goes on
         record.update(status="failed", reason=_short(error))
     record["seconds"]["total"] = round(time.time() - started, 1)

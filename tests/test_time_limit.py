@@ -1,0 +1,42 @@
+"""smashlib.time_limit: long steps stop at the limit of the enclosing block, through progress() and by hand."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from smashlib.errors import SmashError
+from smashlib.progress import progress
+from smashlib.time_limit import TimeLimitReached, check_time_limit, time_left, time_limit
+
+
+def test_without_a_limit_items_pass_unchanged_and_checks_never_raise():
+    items = [1, 2, 3]
+    assert progress(items, desc="x", disable=True) is items
+    assert time_left() is None
+    check_time_limit("anything")
+
+
+@pytest.mark.parametrize("shown", [False, True])
+def test_progress_stops_at_the_first_item_past_the_limit(shown):
+    seen = []
+    with time_limit(time.time() + 3600):
+        bar = progress(range(5), desc="gptq blocks", disable=not shown)
+        for item in bar:
+            seen.append(item)
+            if shown:
+                bar.set_postfix(loss="1.0")  # the bar's own methods pass through the check
+    assert seen == [0, 1, 2, 3, 4]
+    seen.clear()
+    with pytest.raises(TimeLimitReached, match="before gptq blocks") as caught, time_limit(time.time() + 0.2):
+        for item in progress(range(5), desc="gptq blocks", disable=not shown):
+            seen.append(item)
+            if item == 1:
+                time.sleep(0.3)  # the step in flight finishes; the next one is not started
+    assert seen == [0, 1] and caught.value.step == "before gptq blocks"
+    assert isinstance(caught.value, SmashError) and time_left() is None  # the limit ends with its block
+
+
+def test_a_nested_later_limit_does_not_extend_the_outer_one():
+    with time_limit(time.time() - 1), time_limit(time.time() + 3600), pytest.raises(TimeLimitReached):
+        check_time_limit("step")
