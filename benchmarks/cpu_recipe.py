@@ -64,6 +64,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "gptq 4-bit g32, 8-bit head": {"quantizer": "gptq", "gptq_output_head_precision": "int8"},
     "gptq 4-bit g32, 8-bit head, bf16 + compiled decode, LocalTexts": {
         "quantizer": "gptq", "gptq_output_head_precision": "int8", **BF16_DECODE},
+    "gptq 4-bit g32, sensitive layers 8-bit": {"quantizer": "gptq", "gptq_sensitive_layers_precision": "int8"},
+    "gptq 4-bit g32, sensitive layers 8-bit, bf16 + compiled decode": {
+        "quantizer": "gptq", "gptq_sensitive_layers_precision": "int8", **BF16_DECODE},
 }
 LLAMA_CPP_TYPES = ("Q8_0", "Q4_K_M")
 #: The fp32 folder's weights (safetensors) in MB, as docs/benchmarks.md measured it.

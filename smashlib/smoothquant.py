@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from smashlib.time_limit import check_time_limit
+
 #: Relative change of the model's outputs (max |after - before| / max |before|) above which a fold is
 #: judged invalid. Smoothing only reorders rounding: measured ~1e-6 in float32; an invalid fold moves
 #: outputs by 1e-1 and more. Half precision rounds the rescaled weights, hence its wider bound.
@@ -213,6 +215,7 @@ def activation_ranges(model: nn.Module, linears: Iterable[nn.Linear], batches: I
     device = next(model.parameters()).device
     try:
         for batch in batches:
+            check_time_limit("SmoothQuant's activation ranges")
             _run(model, _to_device(batch, device))
     finally:
         for handle in handles:

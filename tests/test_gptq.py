@@ -391,3 +391,47 @@ def test_gptq_checkpoint_layers_become_packed_layers(bits, act_order):
     layer = packed_from_checkpoint(checkpoint, "layer", Grid(bits, group_size, act_order))
     # bf16 scales (the kernels' type) in place of fp16: a relative change below 2**-8
     assert torch.allclose(layer.dequantize(), weight, rtol=2**-8, atol=0)
+
+
+# ====================================================================== mixed precision
+def test_the_sensitive_blocks_follow_llama_cpps_rule():
+    from smashlib.gptq.sensitive_layers import more_bits
+
+    assert [i for i in range(30) if more_bits(i, 30)] == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+    assert [i for i in range(32) if more_bits(i, 32)] == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    assert [i for i in range(2) if more_bits(i, 2)] == [1]  # the tiny models' second block
+
+
+@pytest.mark.parametrize("name,sensitive", [
+    ("llama", {"model.layers.1.self_attn.v_proj", "model.layers.1.mlp.down_proj"}),
+    ("gpt2", {"transformer.h.1.mlp.c_proj"}),
+    ("opt", {"model.decoder.layers.1.self_attn.v_proj", "model.decoder.layers.1.fc2"}),
+])
+def test_sensitive_layers_at_8_bits_in_every_family_save_and_load_exactly(name, sensitive, tokenizer, tmp_path):
+    values = {"gptq_sensitive_layers_precision": "int8", "gptq_desc_act": name != "gpt2"}
+    smashed = smash(build(name), gptq_config(tokenizer, "PydocTopics", **values), verbose=False)
+    packed = {n: m for n, m in smashed.model.named_modules() if isinstance(m, PackedLinear)}
+    eight = {n for n, m in packed.items() if m.bits == 8}
+    assert eight == sensitive, eight
+    assert all(packed[n].group_size == -1 and packed[n].kernel_name == "int8pack_cpu" for n in eight)
+    assert all(m.bits == 4 and m.group_size == 32 for n, m in packed.items() if n not in eight)
+    before = logits(smashed, name)
+    smashed.save_pretrained(tmp_path / "saved")
+    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    assert torch.equal(logits(loaded, name), before)
+    assert {n for n, m in loaded.model.named_modules() if isinstance(m, PackedLinear) and m.bits == 8} == sensitive
+
+
+def test_mixed_precision_costs_bytes_only_where_it_says(tokenizer):
+    plain = smash(build_tiny("llama"), gptq_config(tokenizer, "PydocTopics"), verbose=False)
+    mixed = smash(build_tiny("llama"), gptq_config(tokenizer, "PydocTopics", gptq_sensitive_layers_precision="int8"),
+                  verbose=False)
+    layer = "model.layers.0.mlp.down_proj"  # block 0 of 2 is not a sensitive block
+    assert torch.equal(plain.model.get_submodule(layer).dequantize(), mixed.model.get_submodule(layer).dequantize())
+    assert state_bytes(plain.model) < state_bytes(mixed.model) < state_bytes(build_tiny("llama"))
+
+
+def test_mixed_precision_refuses_the_gptqmodel_backend(tokenizer):
+    config = gptq_config(tokenizer, "PydocTopics", gptq_sensitive_layers_precision="int8", gptq_backend="gptqmodel")
+    with pytest.raises(SmashConfigError, match="mixed precision.*gptq_backend='torch'"):
+        smash(build_tiny("llama"), config, verbose=False)

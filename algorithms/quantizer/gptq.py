@@ -30,6 +30,7 @@ from smashlib.errors import SmashConfigError, UnsupportedModelError
 from smashlib.gptq.block_grids import BLOCK_GRIDS
 from smashlib.gptq.layerwise import (
     Grid,
+    LayerGrids,
     SolverOptions,
     block_layer_names,
     find_layout,
@@ -38,11 +39,12 @@ from smashlib.gptq.layerwise import (
     quantize_model,
     supported_families,
 )
+from smashlib.gptq.sensitive_layers import sensitive_layer_names
 from smashlib.layers.packed_int import PackedLinear
 from smashlib.targets import target_modules_hyperparameter
 
 #: The grid of the output head, when ``target_modules`` includes it: that of the other layers, or 8 bits
-#: with one scale per row.
+#: with one scale per row. The same choice for the sensitive block layers (smashlib.gptq.sensitive_layers).
 OUTPUT_HEAD_PRECISIONS = ("weight_bits", "int8")
 #: Schema-1 ``output_head`` -> (target_modules, output_head_precision).
 OLD_OUTPUT_HEAD = {
@@ -65,14 +67,27 @@ def layer_grid(settings: dict[str, Any]) -> Grid:
     return Grid(int(settings["weight_bits"]), int(settings["group_size"]), act_order, kind)
 
 
+def eight_bit_grid(settings: dict[str, Any]) -> Grid:
+    """The grid of a layer kept at 8 bits in a lower-bit recipe: one scale per row (the int8 kernel), or
+    on a GGUF grid Q8_0 (blocks of 32), which llama.cpp reads."""
+    return Grid(8, -1, False) if grid_kind(settings) == "minmax" else Grid(8, 32, False, "q8_0")
+
+
 def head_grid(settings: dict[str, Any], head_targeted: bool = True) -> Grid | None:
     """The head's grid, or None when ``target_modules`` leaves it out (``head_targeted`` False)."""
     if not head_targeted:
         return None
-    if settings["output_head_precision"] == "int8":
-        # on a GGUF grid the 8-bit head is Q8_0 (blocks of 32), which llama.cpp reads
-        return Grid(8, -1, False) if grid_kind(settings) == "minmax" else Grid(8, 32, False, "q8_0")
-    return layer_grid(settings)
+    return eight_bit_grid(settings) if settings["output_head_precision"] == "int8" else layer_grid(settings)
+
+
+def block_grids(model: nn.Module, settings: dict[str, Any]) -> LayerGrids:
+    """The grid of every block layer: layer_grid's, except the sensitive layers at 8 bits when
+    ``sensitive_layers_precision="int8"`` (older saved configs have no such setting)."""
+    grid = layer_grid(settings)
+    if settings.get("sensitive_layers_precision", "weight_bits") != "int8" or grid.bits == 8:
+        return grid
+    upgraded, names = eight_bit_grid(settings), sensitive_layer_names(model, find_layout(model))
+    return lambda name: upgraded if name in names else grid
 
 
 class GPTQ(Algorithm):
@@ -90,6 +105,7 @@ class GPTQ(Algorithm):
         Categorical("sequence_length", [256, 128, 512, 1024, 2048], default=256),
         target_modules_hyperparameter("all_linear"),
         Categorical("output_head_precision", list(OUTPUT_HEAD_PRECISIONS), default="weight_bits"),
+        Categorical("sensitive_layers_precision", list(OUTPUT_HEAD_PRECISIONS), default="weight_bits"),
         Categorical("backend", ["torch", "gptqmodel"], default="torch"),
         Categorical("method", ["gptq", "rtn"], default="gptq"),
         Categorical("grid", ["minmax", *BLOCK_GRIDS], default="minmax"),
@@ -135,6 +151,11 @@ class GPTQ(Algorithm):
                 )
             if settings["backend"] != "torch":
                 raise SmashConfigError(f"gptq_grid={kind!r} is solved by smashlib's own code: it needs gptq_backend='torch'.")
+        if settings.get("sensitive_layers_precision") == "int8" and settings["backend"] == "gptqmodel":
+            raise SmashConfigError(
+                "gptq_sensitive_layers_precision='int8' (mixed precision) is solved by smashlib's own code: it "
+                "needs gptq_backend='torch'."
+            )
         if settings["method"] == "rtn" and settings["backend"] == "gptqmodel":
             raise SmashConfigError(
                 "gptq_method='rtn' rounds to nearest in smashlib's own code: it needs gptq_backend='torch'."
@@ -156,7 +177,7 @@ class GPTQ(Algorithm):
         options = SolverOptions(settings["method"], float(settings["damp_percent"]))
         targets, head = self._plan(model, settings)
         if options.method == "rtn":
-            return self._cast(quantize_model(model, [], layer_grid(settings), head, options, targets=targets), settings)
+            return self._cast(quantize_model(model, [], block_grids(model, settings), head, options, targets=targets), settings)
         from smashlib.data import calibration_batches
         from smashlib.data.activation_calibration import GPTQ_TOKENS_PER_BATCH
 
@@ -169,7 +190,7 @@ class GPTQ(Algorithm):
 
             model = quantize_with_gptqmodel(model, batches, layer_grid(settings), head, settings, components)
         else:
-            model = quantize_model(model, batches, layer_grid(settings), head, options, targets=targets)
+            model = quantize_model(model, batches, block_grids(model, settings), head, options, targets=targets)
         return self._cast(model, settings)
 
     @staticmethod
@@ -185,7 +206,7 @@ class GPTQ(Algorithm):
 
     def prepare_for_loading(self, model, settings):
         targets, head = self._plan(model, settings)
-        model = prepare_structure(model, layer_grid(settings), head, targets)
+        model = prepare_structure(model, block_grids(model, settings), head, targets)
         dtype = self._compute_dtype(settings)
         return model if dtype is None else model.to(dtype)
 

@@ -19,6 +19,7 @@ from smashlib.errors import HyperparameterValueError, UnsupportedModelError
 from smashlib.layers.quanto_linear import make_inference_safe
 from smashlib.module_swap import NnLinearQuantizer
 from smashlib.targets import target_modules_hyperparameter
+from smashlib.time_limit import check_time_limit
 
 WEIGHT_TYPES = ("qint8", "qint4", "qint2", "qfloat8")
 ACTIVATION_TYPES = ("none", "qint8")
@@ -94,6 +95,7 @@ class Quanto(NnLinearQuantizer):
 
             with torch.no_grad(), Calibration(streamline=False):
                 for batch in batches:
+                    check_time_limit("quanto's calibration")
                     model(**batch)
         from optimum.quanto import freeze
 

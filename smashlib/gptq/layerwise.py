@@ -14,7 +14,7 @@ two copies of (samples x tokens x hidden) floats.
 """
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,16 +81,22 @@ class Grid:
     kind: str = "minmax"
 
 
+#: One grid for every block layer, or the grid of each layer by its full name (mixed precision).
+LayerGrids = Grid | Callable[[str], Grid]
+
+
+def grid_of(grids: LayerGrids, name: str) -> Grid:
+    return grids if isinstance(grids, Grid) else grids(name)
+
+
 def block_layer_names(model: nn.Module, layout: Layout, targets: Container[str] | None = None) -> list[list[str]]:
     """For each block, the full names of its linear-like layers (only those in ``targets`` when given)."""
     blocks = _lookup(model, layout.blocks)
-    return [
-        [
-            full for name, module in block.named_modules()
-            if is_linear_like(module) and ((full := f"{layout.blocks}.{index}.{name}") in targets if targets is not None else True)
-        ]
+    named = [
+        [f"{layout.blocks}.{index}.{name}" for name, module in block.named_modules() if is_linear_like(module)]
         for index, block in enumerate(blocks)
     ]
+    return named if targets is None else [[name for name in names if name in targets] for names in named]
 
 
 def tied_input_embedding(model: nn.Module, head_name: str) -> str | None:
@@ -141,13 +147,13 @@ def tie_embedding(model: nn.Module, embedding_name: str, head: PackedLinear) -> 
 
 
 def prepare_structure(
-    model: nn.Module, grid: Grid, head_grid: Grid | None, targets: Container[str] | None = None
+    model: nn.Module, grid: LayerGrids, head_grid: Grid | None, targets: Container[str] | None = None
 ) -> nn.Module:
     """Swap every layer that :func:`quantize_model` would quantize for an empty PackedLinear."""
     layout = find_layout(model)
     for names in block_layer_names(model, layout, targets):
         for name in names:
-            replace_module(model, name, empty_packed_like(model.get_submodule(name), grid))
+            replace_module(model, name, empty_packed_like(model.get_submodule(name), grid_of(grid, name)))
     head_name = output_head_name(model) if head_grid is not None else None
     if head_name is not None:
         embedding_name = tied_input_embedding(model, head_name)
@@ -267,7 +273,7 @@ def solve_group(modules: Sequence[nn.Module], hessian: torch.Tensor | None, grid
 def quantize_model(
     model: nn.Module,
     batches: Sequence[dict[str, torch.Tensor]],
-    grid: Grid,
+    grid: LayerGrids,
     head_grid: Grid | None = None,
     options: SolverOptions | None = None,
     verbose: bool = True,
@@ -303,8 +309,12 @@ def quantize_model(
             groups = {name: [name] for name in layers}
         for owner, names in groups.items():
             hessian = hessians.hessians[owner].hessian if use_data and owner in hessians.hessians else None
-            for name, packed in zip(names, solve_group([layers[n] for n in names], hessian, grid, options)):
-                replace_module(block, name, packed)
+            by_grid: dict[Grid, list[str]] = {}  # layers reading one input but on different grids: one solve each
+            for name in names:
+                by_grid.setdefault(grid_of(grid, f"{layout.blocks}.{index}.{name}"), []).append(name)
+            for layer_grid, same in by_grid.items():
+                for name, packed in zip(same, solve_group([layers[n] for n in same], hessian, layer_grid, options)):
+                    replace_module(block, name, packed)
         if use_data:
             hidden = [run_block(block, call, states) for call, states in zip(calls, hidden)]
     head_name = output_head_name(model) if head_grid is not None else None

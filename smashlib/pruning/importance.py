@@ -18,6 +18,7 @@ from torch import nn
 from smashlib.layers.linear_like import linear_weight
 from smashlib.pruning.channels import input_norms, output_norms
 from smashlib.pruning.families import Family, blocks_of, sub
+from smashlib.time_limit import check_time_limit
 
 
 @dataclass
@@ -127,6 +128,7 @@ def activation_scores(
     recorder = _Recorder(model, family, head_dim, heads)
     try:
         for batch in batches:
+            check_time_limit("torch_structured's importance on calibration data")
             model(**batch)
     finally:
         recorder.remove()

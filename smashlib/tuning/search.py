@@ -25,7 +25,7 @@ from smashlib.tuning.log import TrialLog
 from smashlib.tuning.objectives import get_objective, get_quality, measured_objectives, smac_costs
 from smashlib.tuning.result import TuneResult, recipe_text
 from smashlib.tuning.space import active_values, candidate_algorithms, config_key, restricted_space, to_configuration
-from smashlib.tuning.trial import FAILED_COST, ShippedModel, TrialFunction, TrialPlan, smash_recipe
+from smashlib.tuning.trial import FAILED_COST, ShippedModel, TrialFunction, TrialPlan, refusal, smash_recipe
 
 #: How many of the best recipes within the bound get their runtime variants (compiler) tried.
 RUNTIME_VARIANTS_OF = 2
@@ -156,6 +156,7 @@ class _Search:
         self.varied: set[str] = set()
         self.in_flight: dict[str, tuple[str, bool]] = {}
         self.first_batch_left = 0
+        self.refused = 0  # SMAC proposals smash() would refuse (told to SMAC, never run)
         for values in first_batch(space, algorithms):
             self.queue.append((values, "first batch"))
         self.first_batch_left = len(self.queue)
@@ -179,9 +180,24 @@ class _Search:
         for _ in range(MAX_REPEATS):
             info = self.smac.ask()
             values = active_values(info.config)
-            if not self._already_done(values, "smac"):
+            if not self._already_done(values, "smac") and not self._refused(info, values):
                 return values, "smac"
         return None
+
+    def _refused(self, info: Any, values: dict[str, Any]) -> bool:
+        """Whether smash() would refuse ``values`` outright: then SMAC is told it failed, and no trial runs
+        (nor is logged: it measured nothing)."""
+        from smac.runhistory.dataclasses import TrialValue
+
+        reason = refusal(self.target.base_model, self.target.tokenizer, values, self.plan)
+        if reason is None:
+            return False
+        costs = smac_costs({"status": "failed"}, self.objectives, FAILED_COST)
+        self.smac.tell(info, TrialValue(cost=costs, time=0.0), save=False)
+        self.refused += 1
+        if self.verbose:
+            print(f"smashlib tune: refused before running: {recipe_text(values)} - {reason}", flush=True)
+        return True
 
     def _already_done(self, values: dict[str, Any], origin: str) -> bool:
         """Whether this recipe was tried; a repeat proposed by the search reuses the measurement."""
@@ -237,6 +253,8 @@ class _Search:
             self.runner.wait()
             for finished in self.runner.iter_results():
                 self._finish(*finished)
+        if self.refused:
+            stopped += f"; {self.refused} proposals that smash() refuses were told to SMAC, not run"
         return stopped
 
     def _too_long(self, values: dict[str, Any], origin: str, left: float) -> bool:

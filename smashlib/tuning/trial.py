@@ -83,10 +83,9 @@ def _check(slot_end: float | None, phase: str) -> None:
         raise TimeLimitReached(f"out of its time slot after {phase}", f"after {phase}")
 
 
-def smash_recipe(base: Any, tokenizer: Any, values: dict[str, Any], plan: TrialPlan) -> Any:
-    """A SmashedModel of a deep copy of ``base`` (the base itself is never touched)."""
+def recipe_config(tokenizer: Any, values: dict[str, Any], plan: TrialPlan) -> Any:
+    """The SmashConfig a trial of ``values`` smashes with, its tokenizer and calibration data attached."""
     from smashlib.config import SmashConfig
-    from smashlib.smash import smash
     from smashlib.tuning.first_batch import calibrates
 
     config = SmashConfig(values, device=plan.device)
@@ -94,7 +93,28 @@ def smash_recipe(base: Any, tokenizer: Any, values: dict[str, Any], plan: TrialP
         config.add_tokenizer(tokenizer)
     if calibrates(values):
         config.add_data(plan.calibration_data)
-    return smash(copy.deepcopy(base), config, verbose=False)
+    return config
+
+
+def refusal(base: Any, tokenizer: Any, values: dict[str, Any], plan: TrialPlan) -> str | None:
+    """Why smash() would refuse ``values`` before touching a model (settings an algorithm's own checks
+    reject, a package or device missing), or None. The space's conditions cannot say all of that
+    (gptq_grid="q8_0" needs 8 bits in groups of 32): about a fifth of SMAC's random proposals are such
+    recipes, and screening them costs milliseconds instead of a trial each."""
+    from smashlib.smash import check_before_smashing
+
+    try:
+        check_before_smashing(base, recipe_config(tokenizer, values, plan))
+    except Exception as error:  # noqa: BLE001 - whatever smash() would raise first is the reason
+        return _short(error)
+    return None
+
+
+def smash_recipe(base: Any, tokenizer: Any, values: dict[str, Any], plan: TrialPlan) -> Any:
+    """A SmashedModel of a deep copy of ``base`` (the base itself is never touched)."""
+    from smashlib.smash import smash
+
+    return smash(copy.deepcopy(base), recipe_config(tokenizer, values, plan), verbose=False)
 
 
 def run_trial(base: Any, tokenizer: Any, values: dict[str, Any], plan: TrialPlan) -> tuple[dict[str, Any], Any]:
