@@ -6,17 +6,32 @@ before it is handed out, whether the bar is shown or not.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from smashlib.time_limit import check_time_limit, time_left
 
 T = TypeVar("T")
 
+_QUIET: ContextVar[bool] = ContextVar("smashlib_quiet", default=False)
+
+
+@contextmanager
+def quiet(enabled: bool = True) -> Iterator[None]:
+    """Within the block, no progress bar is shown: smash(verbose=False) runs its algorithms in one, so a
+    bar deep inside an algorithm (GPTQ's blocks) stays hidden too without every algorithm taking a flag."""
+    token = _QUIET.set(enabled or _QUIET.get())
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
+
 
 def progress(items: Iterable[T], desc: str, disable: bool = False, **kwargs: Any) -> Iterable[T]:
     """Wrap ``items`` in a tqdm bar (stderr), or return them unchanged when disabled; under a time
     limit, stop with TimeLimitReached at the first item that starts past it."""
-    if not disable:
+    if not (disable or _QUIET.get()):
         from tqdm.auto import tqdm
 
         items = tqdm(items, desc=desc, leave=False, **kwargs)

@@ -8,7 +8,7 @@ import torch
 from smashlib.config import SmashConfig
 from smashlib.errors import SmashError, UnsupportedModelError
 from smashlib.model import SmashedModel
-from smashlib.progress import progress
+from smashlib.progress import progress, quiet
 
 
 def check_before_smashing(model: Any, config: SmashConfig) -> None:
@@ -50,7 +50,8 @@ def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True, rep
         algorithm.prepare_run(model, config.settings_for(algorithm), config.components)
     for algorithm in progress(steps, desc="smashing", disable=not verbose or not steps):
         try:
-            model = algorithm.apply(model, config.settings_for(algorithm), config.components)
+            with quiet(not verbose):
+                model = algorithm.apply(model, config.settings_for(algorithm), config.components)
         except SmashError:
             raise
         except Exception as error:

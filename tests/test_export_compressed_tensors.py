@@ -41,6 +41,9 @@ def config_of(folder):
         ({"gptq_grid": "q4_0", "gptq_weight_bits": 4}, "pack-quantized"),  # symmetric int4, groups of 32
         ({"gptq_weight_bits": 8, "gptq_group_size": -1}, "int-quantized"),  # int8, one scale per channel
         ({"gptq_grid": "q4_0", "gptq_output_head_precision": "int8"}, "mixed-precision"),  # int4 layers, int8 head
+        # llama.cpp's _M rule: block 1's v_proj and down_proj (the layer compared below) at 8 bits (Q8_0 blocks);
+        # symmetric grids, as asymmetric int4 does not load in plain transformers (see docs/export.md)
+        ({"gptq_grid": "q4_0", "gptq_sensitive_layers_precision": "int8"}, "mixed-precision"),
     ],
 )
 def test_plain_transformers_loads_it_and_computes_smashlibs_logits(tokenizer, tmp_path, values, expected_format):

@@ -210,3 +210,15 @@ def test_a_saved_and_reloaded_model_exports_the_same_file(tokenizer, tmp_path):
     first = smashed.save_pretrained(tmp_path / "a.gguf", format="gguf")
     second = loaded.save_pretrained(tmp_path / "b.gguf", format="gguf")
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_mixed_precision_exports_its_8_bit_layers_as_q8_0(tokenizer, tmp_path):
+    """gptq_sensitive_layers_precision="int8" on a llama.cpp grid: the upgraded layers are Q8_0, as in Q4_K_M."""
+    smashed = smash_on_grid(tokenizer, "q4_0", gptq_sensitive_layers_precision="int8")
+    _, tensors = read(smashed.save_pretrained(tmp_path / "model.gguf", format="gguf"))
+    types = {name: tensor.tensor_type.name for name, tensor in tensors.items() if name.startswith("blk.")
+             and name.endswith(("attn_v.weight", "ffn_down.weight", "ffn_up.weight"))}
+    assert types == {"blk.0.attn_v.weight": "Q4_0", "blk.0.ffn_down.weight": "Q4_0", "blk.0.ffn_up.weight": "Q4_0",
+                     "blk.1.attn_v.weight": "Q8_0", "blk.1.ffn_down.weight": "Q8_0", "blk.1.ffn_up.weight": "Q4_0"}
+    layer = smashed.model.model.layers[1].mlp.down_proj
+    assert np.array_equal(dequantized(tensors["blk.1.ffn_down.weight"]), layer.dequantize().numpy())

@@ -40,3 +40,21 @@ def test_progress_stops_at_the_first_item_past_the_limit(shown):
 def test_a_nested_later_limit_does_not_extend_the_outer_one():
     with time_limit(time.time() - 1), time_limit(time.time() + 3600), pytest.raises(TimeLimitReached):
         check_time_limit("step")
+
+
+def test_quiet_hides_bars_inside_and_smash_verbose_false_is_quiet(capsys):
+    from smashlib import SmashConfig, smash
+    from smashlib.progress import quiet
+    from tests.tiny_models import build_tiny, tiny_tokenizer
+
+    with quiet():
+        assert progress([1, 2], desc="hidden") == [1, 2]  # no bar object: the items themselves
+    assert not isinstance(progress([1, 2], desc="shown"), list)  # a bar
+    config = SmashConfig({"quantizer": "gptq", "gptq_calibration_samples": 8, "gptq_sequence_length": 128}, device="cpu")
+    config.add_tokenizer(tiny_tokenizer())
+    config.add_data("PydocTopics")
+    model = build_tiny("llama")
+    model.model.layers.extend([type(model.model.layers[0])(model.config, 0) for _ in range(6)])  # 8 blocks: a bar
+    model.config.num_hidden_layers = 8
+    smash(model, config, verbose=False)
+    assert "gptq blocks" not in capsys.readouterr().err
