@@ -242,9 +242,9 @@ def test_a_long_calibration_stops_at_the_budget_instead_of_finishing(model, toke
     result = tune(model, tokenizer=tokenizer, include=["gptq"], reference=[gptq], budget="3s", **FAST)
     # 16 batches of 16 samples, run twice through each of the 2 blocks at 0.5 s a call: 32 s; it stops at the budget
     assert time.time() - started < 20 and len(block_calls) < 16, len(block_calls)
-    calibrated = [t for t in result.trials if t["config"]["gptq_method"] == "gptq"]
-    assert calibrated and calibrated[-1]["status"] == "timeout", result.trials
-    assert "stopped before gptq calibration of block 0" in calibrated[-1]["reason"], calibrated[-1]["reason"]
+    calibrated = [t for t in result.trials if t["config"].get("gptq_method") == "gptq"]
+    stopped = [t for t in calibrated if t["status"] == "timeout" and "stopped before gptq" in t["reason"]]
+    assert stopped, [(t["config"], t["status"], t["reason"]) for t in result.trials]
 
 
 def test_expected_seconds_scale_the_smash_phase_of_the_fastest_trial_of_the_same_kind():
