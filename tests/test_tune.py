@@ -276,13 +276,16 @@ def test_proposals_that_cannot_fit_in_the_time_left_are_not_started(model, token
     assert "would not fit in the time left" in result.table()
 
 
-def test_proposals_smash_refuses_are_told_to_smac_and_never_run(model, tokenizer):
+def test_proposals_smash_refuses_are_told_to_smac_and_never_run(model, tokenizer, monkeypatch):
+    from smashlib.tuning import search
     from smashlib.tuning.trial import refusal
 
-    result = tune(model, tokenizer=tokenizer, include=["gptq"], budget="300s", max_trials=12, **FAST)
-    for trial in result.trials:  # every trial ran (none failed on its settings): SMAC's bad ones were screened
-        assert "is llama.cpp's" not in trial["reason"] and "needs gptq_backend" not in trial["reason"], trial
-    assert "told to SMAC, not run" in result.stopped
     plan = type("Plan", (), {"device": "cpu", "calibration_data": "PydocTopics"})()
     assert "set gptq_weight_bits=8" in refusal(model, tokenizer, {"quantizer": "gptq", "gptq_grid": "q8_0"}, plan)
     assert refusal(model, tokenizer, {"quantizer": "gptq", "gptq_weight_bits": 8}, plan) is None
+
+    screened = []
+    monkeypatch.setattr(search, "refusal", lambda *args: screened.append(args[2]) or "refused for the test")
+    result = tune(model, tokenizer=tokenizer, include=["half", "torch_dynamic"], budget="300s", **FAST)
+    assert screened and all(t["origin"] == "first batch" for t in result.trials)  # SMAC's proposals: none ran
+    assert len(result.trials) == 2 and f"{len(screened)} proposals that smash() refuses were told to SMAC" in result.stopped

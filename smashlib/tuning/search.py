@@ -177,8 +177,13 @@ class _Search:
                 self._after_first_batch()  # a resumed search may skip the whole batch: variants come next
             if not self._already_done(values, origin):
                 return values, origin
+        from smac.main.exceptions import ConfigurationSpaceExhaustedException
+
         for _ in range(MAX_REPEATS):
-            info = self.smac.ask()
+            try:
+                info = self.smac.ask()
+            except ConfigurationSpaceExhaustedException:  # SMAC found nothing new to propose
+                return None
             values = active_values(info.config)
             if not self._already_done(values, "smac") and not self._refused(info, values):
                 return values, "smac"
