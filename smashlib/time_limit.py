@@ -31,9 +31,8 @@ class TimeLimitReached(SmashError, TimeoutError):
 def time_limit(ends_at: float | None) -> Iterator[None]:
     """Within the block, long steps raise TimeLimitReached once ``time.time()`` passes ``ends_at``
     (None: no limit). Nested blocks keep the earlier end."""
-    outer = _ENDS_AT.get()
-    ends = min(e for e in (outer, ends_at) if e is not None) if (outer, ends_at) != (None, None) else None
-    token = _ENDS_AT.set(ends)
+    ends = [end for end in (_ENDS_AT.get(), ends_at) if end is not None]
+    token = _ENDS_AT.set(min(ends) if ends else None)
     try:
         yield
     finally:

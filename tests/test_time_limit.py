@@ -58,3 +58,14 @@ def test_quiet_hides_bars_inside_and_smash_verbose_false_is_quiet(capsys):
     model.config.num_hidden_layers = 8
     smash(model, config, verbose=False)
     assert "gptq blocks" not in capsys.readouterr().err
+
+
+def test_an_evaluation_past_the_limit_raises_instead_of_reporting_a_failed_metric():
+    """compare() records a failing metric and goes on; the caller's deadline is not a metric failing."""
+    from smashlib.evaluation import evaluate_models, prepare_inputs
+    from tests.tiny_models import build_tiny, tiny_inputs
+
+    inputs = prepare_inputs([tiny_inputs("llama")])
+    models = {"base": build_tiny("llama"), "other": build_tiny("llama")}
+    with time_limit(time.time() - 1), pytest.raises(TimeLimitReached):
+        evaluate_models(models, inputs, ["latency"], verbose=False)

@@ -43,9 +43,9 @@ from smashlib.gptq.sensitive_layers import sensitive_layer_names
 from smashlib.layers.packed_int import PackedLinear
 from smashlib.targets import target_modules_hyperparameter
 
-#: The grid of the output head, when ``target_modules`` includes it: that of the other layers, or 8 bits
-#: with one scale per row. The same choice for the sensitive block layers (smashlib.gptq.sensitive_layers).
-OUTPUT_HEAD_PRECISIONS = ("weight_bits", "int8")
+#: The precision of the output head (when ``target_modules`` includes it) and of the sensitive block layers
+#: (smashlib.gptq.sensitive_layers): that of the other layers, or 8 bits with one scale per row.
+LAYER_PRECISIONS = ("weight_bits", "int8")
 #: Schema-1 ``output_head`` -> (target_modules, output_head_precision).
 OLD_OUTPUT_HEAD = {
     "weight_bits": ("all_linear", "weight_bits"),
@@ -104,8 +104,8 @@ class GPTQ(Algorithm):
         Integer("calibration_samples", (8, 1024), default=32, log=True),
         Categorical("sequence_length", [256, 128, 512, 1024, 2048], default=256),
         target_modules_hyperparameter("all_linear"),
-        Categorical("output_head_precision", list(OUTPUT_HEAD_PRECISIONS), default="weight_bits"),
-        Categorical("sensitive_layers_precision", list(OUTPUT_HEAD_PRECISIONS), default="weight_bits"),
+        Categorical("output_head_precision", list(LAYER_PRECISIONS), default="weight_bits"),
+        Categorical("sensitive_layers_precision", list(LAYER_PRECISIONS), default="weight_bits"),
         Categorical("backend", ["torch", "gptqmodel"], default="torch"),
         Categorical("method", ["gptq", "rtn"], default="gptq"),
         Categorical("grid", ["minmax", *BLOCK_GRIDS], default="minmax"),

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from smashlib.time_limit import TimeLimitReached, time_limit
+from smashlib.time_limit import TimeLimitReached, check_time_limit, time_limit
 from smashlib.tuning.objectives import SIZE, Objective, Quality, measured_objectives, smac_costs
 
 #: Cost SMAC is told for a trial that produced no measurement: worse than any real ratio.
@@ -78,11 +78,6 @@ def _slot_text(started: float, slot_end: float | None) -> str:
     return "no slot" if slot_end is None else f"{slot_end - started:.0f} s"
 
 
-def _check(slot_end: float | None, phase: str) -> None:
-    if slot_end is not None and time.time() > slot_end:
-        raise TimeLimitReached(f"out of its time slot after {phase}", f"after {phase}")
-
-
 def recipe_config(tokenizer: Any, values: dict[str, Any], plan: TrialPlan) -> Any:
     """The SmashConfig a trial of ``values`` smashes with, its tokenizer and calibration data attached."""
     from smashlib.config import SmashConfig
@@ -130,10 +125,10 @@ def run_trial(base: Any, tokenizer: Any, values: dict[str, Any], plan: TrialPlan
     smashed = None
     try:
         with time_limit(slot_end):  # long steps inside (calibration, training, evaluation) stop at the slot's end
-            _check(slot_end, "waiting for a worker")
+            check_time_limit("smashing")  # the slot may have ended waiting for a worker
             smashed = smash_recipe(base, tokenizer, values, plan)
             record["seconds"]["smash"] = round(time.time() - started, 1)
-            _check(slot_end, "smashing")
+            check_time_limit("measuring quality")
             judged, timed = _metrics(plan)
             inputs = _fresh_inputs(plan.eval_inputs)
             measure = time.time()
@@ -141,12 +136,12 @@ def run_trial(base: Any, tokenizer: Any, values: dict[str, Any], plan: TrialPlan
             record["seconds"]["quality"] = round(time.time() - measure, 1)
             judge_quality(record, quality, plan)
             if record["status"] == "ok" and timed:  # timing a recipe that is rejected anyway would waste the slot
-                _check(slot_end, "measuring quality")
+                check_time_limit("warming up")
                 warm = time.time()
                 for metric in timed:  # compiles (torch_compile) here, so the slot is checked before timing
                     metric.warm_up(smashed, inputs)
                 record["seconds"]["warm_up"] = round(time.time() - warm, 1)
-                _check(slot_end, "warming up")
+                check_time_limit("timing")
                 measure = time.time()
                 speed = evaluate_models({"base": base, "smashed": smashed}, inputs, timed, threads=plan.threads, verbose=False)
                 record["seconds"]["timing"] = round(time.time() - measure, 1)
