@@ -48,6 +48,8 @@ PROMPT_TOKENS, NEW_TOKENS = 128, 64
 EIGHT_BIT = {"quantizer": "gptq", "gptq_weight_bits": 8, "gptq_group_size": -1}
 #: bf16 for what is not quantized, and generate's decoding step compiled over a static cache (prefill eager).
 BF16_DECODE = {"gptq_compute_dtype": "bfloat16", "compiler": "torch_compile", "torch_compile_target": "decode"}
+#: 8-bit decode calls on PyTorch's weight-only kernel instead of smashlib's VNNI kernel (the default where it runs).
+WEIGHT_ONLY_DECODE = {"gptq_decode_kernel": "weight_only"}
 
 #: label -> recipe. The recommended recipes are the ones README.md names.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -60,6 +62,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "gptq 8-bit bf16 + torch_compile, LocalTexts": {**EIGHT_BIT, "gptq_compute_dtype": "bfloat16",
                                                    "compiler": "torch_compile"},
     "gptq 8-bit + torch_compile, LocalTexts": {**EIGHT_BIT, "compiler": "torch_compile"},
+    "gptq 8-bit + torch_compile, weight-only decode kernel": {**EIGHT_BIT, "compiler": "torch_compile",
+                                                               **WEIGHT_ONLY_DECODE},
     "gptq 4-bit g32 (defaults)": {"quantizer": "gptq"},
     "gptq 4-bit g32, 8-bit head": {"quantizer": "gptq", "gptq_output_head_precision": "int8"},
     "gptq 4-bit g32, 8-bit head, bf16 + compiled decode, LocalTexts": {
@@ -281,10 +285,31 @@ def worker_measure(label: str, folder: Path | None, result: Path, rounds: int, t
     out["first_decode_s"] = runner.generate_seconds(8)
     out["to_full_speed_s"] = time.perf_counter() - started
     out.update({f"ppl_{kind}": perplexity_from(runner.logits, w) for kind, w in windows.items()})
+    out.update(decode_kernel_perplexities(model, runner, windows))
     out["peak_mb"] = _peak_mb() - rss_after_imports
     base = TorchRunner(load_smollm2()[0], windows["pydoc"][0])
     out.update(paired_rounds(runner, base, rounds))
     result.write_text(json.dumps(out))
+
+
+def decode_kernel_perplexities(model: Any, runner: TorchRunner, windows: dict[str, list[list[int]]]) -> dict[str, float]:
+    """For models whose 8-bit layers decode on smashlib's VNNI kernel: the perplexities with *every* product on
+    that kernel (the windows' 512-token calls otherwise run the bf16 GEMM), i.e. the quality of what decoding
+    computes. Eager (a compiled forward would recompile for the patched row limit)."""
+    import torch
+
+    from smashlib.layers import lowbit_kernels
+    from smashlib.layers.packed_int import PackedLinear
+
+    if not any(m.kernel_name == lowbit_kernels.Int8VnniCPU.name for m in model.modules() if isinstance(m, PackedLinear)):
+        return {}
+    limit = lowbit_kernels.GEMM_ROWS
+    lowbit_kernels.GEMM_ROWS = 1 << 30
+    try:
+        with torch.compiler.set_stance("force_eager"):
+            return {f"decode_kernel_ppl_{kind}": perplexity_from(runner.logits, w) for kind, w in windows.items()}
+    finally:
+        lowbit_kernels.GEMM_ROWS = limit
 
 
 def worker_llama_cpp(work: Path, result: Path, rounds: int, threads: int) -> None:

@@ -4,7 +4,8 @@ Used by ``half`` (the whole model) and by quantizers whose non-quantized parts r
 with ``compute_dtype="bfloat16"``). Callers keep passing what their tokenizer or processor gives them:
 floating inputs (audio features, pixel values, input embeddings) are cast to the model's dtype by a
 forward pre-hook on the model and on its encoder, which ``generate`` of encoder-decoder models
-(Whisper) calls directly.
+(Whisper) calls directly. Their decode-step attention runs in float32 on CPU, where PyTorch's bf16
+attention kernel is the slower one (smashlib.layers.decode_attention).
 """
 from __future__ import annotations
 
@@ -73,8 +74,16 @@ def install_input_casting(model: torch.nn.Module, dtype: torch.dtype) -> None:
         module.register_forward_pre_hook(cast_inputs_hook(dtype), with_kwargs=True)
 
 
-def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``model`` with its floating tensors in ``dtype`` and a pre-hook casting its inputs to it."""
-    model = model.to(dtype)
+def prepare_cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """What a model whose weights are in ``dtype`` needs around it (after casting, and after loading one):
+    the input-casting pre-hooks, and float32 attention for decode steps on CPU."""
+    from smashlib.layers.decode_attention import use_float32_decode_attention
+
     install_input_casting(model, dtype)
+    use_float32_decode_attention(model)
     return model
+
+
+def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` with its floating tensors in ``dtype``, prepared for it (:func:`prepare_cast_model`)."""
+    return prepare_cast_model(model.to(dtype), dtype)

@@ -31,7 +31,9 @@ from smashlib.targets import is_target_modules_hyperparameter, normalize_target_
 #: Version of the JSON layout written by save_json; loading a newer one is refused with a clear error.
 #: 1: the first layout. 2: hyperparameters renamed (keep_full_precision, keep_output_head and gptq's
 #: output_head became target_modules); version-1 values pass through Algorithm.upgrade_settings when read.
-SCHEMA_VERSION = 2
+#: 3: gptq_decode_kernel (folders saved before it keep PyTorch's weight-only kernel, so they give the outputs
+#: they gave).
+SCHEMA_VERSION = 3
 DEVICES = ("cpu", "cuda")
 
 

@@ -14,10 +14,13 @@ from smashlib.data import pack_texts
 from smashlib.errors import MissingComponentError, MissingPackageError, SmashConfigError, UnsupportedModelError
 from smashlib.gptq.layerwise import Grid, quantize_model
 from smashlib.gptq.solver import HessianAccumulator, gptq_quantize, rtn_quantize
+from smashlib.layers.int8_vnni_kernel import unavailable_reason
 from smashlib.layers.packed_int import PackedEmbedding, PackedLinear, pack_bits, packed_length, unpack_bits
 from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer
 
 FAST = {"gptq_calibration_samples": 16, "gptq_sequence_length": 128}
+#: What 8-bit layers run here: smashlib's VNNI kernel where it builds, else PyTorch's weight-only kernel.
+EIGHT_BIT_KERNEL = "int8_vnni_cpu" if unavailable_reason() is None else "int8pack_cpu"
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +151,8 @@ def test_round_to_nearest_never_leaves_the_grid():
         (4, 64, True, 48, "int4pack_cpu"),
         (3, 32, False, 32, "int4pack_cpu"),
         (2, -1, True, 32, "int4pack_cpu"),
-        (8, -1, True, 32, "int8pack_cpu"),
-        (8, 64, False, 32, "int8pack_cpu"),
+        (8, -1, True, 32, EIGHT_BIT_KERNEL),
+        (8, 64, False, 32, EIGHT_BIT_KERNEL),
         (4, 32, False, 100, "dequantized"),  # 100 rows: the int4 kernel needs a multiple of 16
     ],
 )
@@ -304,7 +307,7 @@ def test_save_and_load_give_the_same_outputs(name, values, tokenizer, tmp_path):
     loaded = SmashedModel.from_pretrained(tmp_path / "saved")
     assert torch.equal(logits(loaded, name), before)
     kernels = {m.kernel_name for m in loaded.model.modules() if isinstance(m, PackedLinear)}
-    assert kernels <= {"int4pack_cpu", "int8pack_cpu", "dequantized"} and kernels
+    assert kernels <= {"int4pack_cpu", EIGHT_BIT_KERNEL, "dequantized"} and kernels
 
 
 def test_missing_tokenizer_is_named():
@@ -413,7 +416,7 @@ def test_sensitive_layers_at_8_bits_in_every_family_save_and_load_exactly(name, 
     packed = {n: m for n, m in smashed.model.named_modules() if isinstance(m, PackedLinear)}
     eight = {n for n, m in packed.items() if m.bits == 8}
     assert eight == sensitive, eight
-    assert all(packed[n].group_size == -1 and packed[n].kernel_name == "int8pack_cpu" for n in eight)
+    assert all(packed[n].group_size == -1 and packed[n].kernel_name == EIGHT_BIT_KERNEL for n in eight)
     assert all(m.bits == 4 and m.group_size == 32 for n, m in packed.items() if n not in eight)
     before = logits(smashed, name)
     smashed.save_pretrained(tmp_path / "saved")

@@ -18,7 +18,7 @@ import torch
 from ConfigSpace import Categorical
 
 from smashlib.algorithm import Algorithm
-from smashlib.casting import DTYPES, cast_model, install_input_casting
+from smashlib.casting import DTYPES, cast_model, prepare_cast_model
 from smashlib.errors import UnsupportedModelError
 
 
@@ -53,5 +53,5 @@ class Half(Algorithm):
         return model.to(DTYPES[settings["dtype"]])
 
     def after_loading(self, model, settings):
-        install_input_casting(model, DTYPES[settings["dtype"]])
+        prepare_cast_model(model, DTYPES[settings["dtype"]])
         return model

@@ -103,6 +103,10 @@ class PackedLinear(QuantizedLinear):
     dropped whenever the buffers are replaced or moved, so loading a state dict is always exact.
     """
 
+    #: Which kernel 8-bit decode calls run: "auto" (smashlib's VNNI kernel where it runs) or "weight_only"
+    #: (PyTorch's). Set from gptq's ``decode_kernel`` (saved in the config).
+    decode_kernel: str = "auto"
+
     def __init__(
         self,
         in_features: int,

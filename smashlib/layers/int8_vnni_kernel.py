@@ -1,0 +1,124 @@
+"""The int8 decode kernel: 8-bit weights times activations in 16-bit blocks, on AVX512-VNNI.
+
+At batch 1 a decode step reads every weight once, so its speed is the speed at which the matrix-vector
+products read bytes. PyTorch's int8 weight-only kernel (``aten._weight_int8pack_mm``, bf16 activations)
+converts each weight to float before multiplying and reads about 9 GB/s on 2 cores of this project's
+machine: SmolLM2-135M's 211 products take 14.6 ms per token. Written as int16 per block of 32 values
+(one float scale a block, a rounding of 1/65534 of the block's largest value, finer than bf16's), the
+activations multiply the int8 weights on VNNI's ``dpwssd``, which sums int16 products exactly in int32:
+the same products take 6.3 ms (about 20 GB/s, this machine's memory bandwidth) and equal the weight-only
+ones to a relative 2e-5. (int8 activations, llama.cpp's Q8_0 way, are no faster here and cost SmolLM2
+0.7% perplexity: docs/cpu_recipe.md.)
+
+No library ships such a kernel for this torch on x86 (torchao's CPU kernels are not built for it,
+fbgemm's dynamic kernel rounds activations to int8 per tensor), so it is the ~50 lines of
+``int8_vnni_matvec.cpp``, built by ``torch.utils.cpp_extension`` once per machine and torch version into
+smashlib's cache (a C++ compiler is needed; the build takes about 35 s) and registered with PyTorch's
+dispatcher as the op ``smashlib::int8_vnni_matvec`` (its C++ ``TORCH_LIBRARY``), so an eager call costs
+what an aten op costs and ``torch.compile`` keeps it as one call. :func:`unavailable_reason` says why it
+cannot run here (not x86 with AVX512-VNNI, no compiler, the build failed); 8-bit layers then use the
+weight-only kernel (smashlib.layers.lowbit_kernels).
+"""
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+from smashlib.bundled import cache_root
+
+SOURCE = Path(__file__).with_name("int8_vnni_matvec.cpp")
+#: Activations are scaled per block of this many values: the layer's input size must be a multiple.
+BLOCK = 32
+#: The int16 range the activations are scaled into.
+INT16_MAX = 32767
+#: The CPU features the kernel is compiled for (Linux /proc/cpuinfo names).
+NEEDED_FLAGS = ("avx2", "fma", "avx512f", "avx512vl", "avx512_vnni")
+_COMPILE_FLAGS = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512vnni"]
+_OP = "int8_vnni_matvec"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _hardware_reason() -> str | None:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"needs an x86-64 CPU with AVX512-VNNI (this is {platform.machine()})"
+    missing = [flag for flag in NEEDED_FLAGS if flag not in _cpu_flags()]
+    if missing:
+        return f"needs a CPU with {', '.join(NEEDED_FLAGS)} (missing here: {', '.join(missing)})"
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        return "needs a C++ compiler (g++) to build it once"
+    return None
+
+
+def build_folder() -> Path:
+    """Where the built kernel is kept: one folder per torch version (its ABI) under smashlib's cache."""
+    return cache_root() / "extensions" / f"torch-{torch.__version__.replace('+', '-')}" / _OP
+
+
+#: The op (or None) and the reason it is missing, once per process.
+_BUILT: dict[str, tuple[object | None, str | None]] = {}
+
+
+@torch.compiler.disable  # built eagerly even when a compiled model's first call asks for it
+def _build() -> tuple[object | None, str | None]:
+    if _OP not in _BUILT:
+        _BUILT[_OP] = _build_now()
+    return _BUILT[_OP]
+
+
+def _build_now() -> tuple[object | None, str | None]:
+    reason = _hardware_reason()
+    if reason is not None:
+        return None, reason
+    from torch.utils.cpp_extension import load_inline
+
+    folder = build_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        load_inline(
+            f"smashlib_{_OP}", cpp_sources=SOURCE.read_text(), extra_cflags=_COMPILE_FLAGS,
+            extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False, is_python_module=False,
+        )
+    except Exception as error:  # noqa: BLE001 - any compiler or linker failure: say what, run the fallback
+        return None, f"did not build ({type(error).__name__}: {str(error).strip().splitlines()[-1][:200]})"
+    torch.library.register_fake(f"smashlib::{_OP}")(_matvec_shape)
+    return getattr(torch.ops.smashlib, _OP), None
+
+
+def unavailable_reason() -> str | None:
+    """None when the kernel runs here (building it on the first call in a process), else why not, in words."""
+    return _build()[1]
+
+
+def int8_vnni_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``x`` [M, K] (float32 or bf16) times the int8 ``weight`` [N, K] with one float32 ``scales`` [N] per
+    row: float32 [M, N] (the op ``smashlib::int8_vnni_matvec``)."""
+    op, reason = _build()
+    if op is None:
+        raise RuntimeError(f"the int8 VNNI kernel {reason}")
+    return op(x, weight, scales)
+
+
+def _matvec_shape(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+
+def reference_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The same product in plain PyTorch: what the kernel must equal up to float summation order."""
+    rows = x.float().reshape(x.shape[0], -1, BLOCK)
+    d = rows.abs().amax(-1, keepdim=True) / INT16_MAX
+    inverse = torch.where(d > 0, 1 / d, torch.zeros_like(d))  # multiplied, as the kernel does: the same ties
+    a = (rows * inverse).round()
+    return ((a * d).reshape(x.shape) @ weight.float().T) * scales.float()

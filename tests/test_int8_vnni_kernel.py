@@ -1,0 +1,116 @@
+"""smashlib's int8 decode kernel (smashlib.layers.int8_vnni_kernel) and gptq_decode_kernel."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from smashlib import SmashConfig, SmashedModel, smash
+from smashlib.gptq.solver import gptq_quantize
+from smashlib.layers import int8_vnni_kernel, lowbit_kernels
+from smashlib.layers.packed_int import PackedLinear
+from tests.tiny_models import build_tiny, tiny_inputs
+
+REASON = int8_vnni_kernel.unavailable_reason()
+needs_kernel = pytest.mark.skipif(REASON is not None, reason=f"smashlib's VNNI kernel {REASON}")
+
+
+def int8_layer(out_features: int = 96, in_features: int = 256, decode_kernel: str = "auto") -> PackedLinear:
+    weight = torch.randn(out_features, in_features) * 0.05
+    quantized = gptq_quantize(weight, torch.eye(in_features), 8, -1, act_order=False)
+    layer = PackedLinear.from_integers(quantized.q, quantized.scales, quantized.zeros, 8, -1, None, torch.randn(out_features))
+    layer.decode_kernel = decode_kernel
+    return layer
+
+
+def rtn_config(**values) -> SmashConfig:
+    return SmashConfig({"quantizer": "gptq", "gptq_method": "rtn", "gptq_weight_bits": 8, "gptq_group_size": -1,
+                        **values}, device="cpu")
+
+
+def kernel_names(model) -> set[str]:
+    return {m.kernel_name for m in model.modules() if isinstance(m, PackedLinear)}
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_equals_its_reference_and_the_exact_product(rows, dtype):
+    """The C++ product is the plain-PyTorch one (int16 blocks of 32, exact int32 sums) to float summation order,
+    and both are the exact product of the int8 weight to ~1e-4 (the int16 rounding), extreme weights included."""
+    x = (torch.randn(rows, 576) * torch.linspace(0.1, 8.0, 576)).to(dtype)
+    x[0, 5] = 300.0  # an outlier: costs precision in its own block only
+    weight = torch.randint(-128, 128, (1536, 576), dtype=torch.int8)
+    weight[0, :32], weight[1, :32] = -128, 127
+    scales = torch.rand(1536) / 100
+    got = int8_vnni_kernel.int8_vnni_matvec(x, weight, scales)
+    assert got.dtype == torch.float32 and got.shape == (rows, 1536)
+    expected = int8_vnni_kernel.reference_matvec(x, weight, scales)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    exact = (x.double() @ weight.double().T) * scales.double()
+    assert (got.double() - exact).abs().max() <= 1e-4 * exact.abs().max()
+
+
+@needs_kernel
+@pytest.mark.parametrize("tokens", [1, 8, 9, 64])
+def test_8bit_layers_decode_on_the_kernel_and_prefill_on_the_gemm(tokens):
+    layer, plain = int8_layer(), int8_layer(decode_kernel="weight_only")
+    plain.load_state_dict(layer.state_dict())
+    assert layer.kernel_name == "int8_vnni_cpu" and plain.kernel_name == "int8pack_cpu"
+    x = torch.randn(1, tokens, 256)
+    expected = F.linear(x, layer.dequantize(), layer.bias)
+    if tokens > lowbit_kernels.GEMM_ROWS:  # prefill shapes: the very same bf16 GEMM either way
+        assert torch.equal(layer(x), plain(x))
+    else:  # decode shapes: closer to the exact product than the weight-only kernel's bf16 activations
+        assert (layer(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+        assert (layer(x) - expected).abs().max() < (plain(x) - expected).abs().max()
+
+
+@needs_kernel
+def test_kernel_is_one_op_under_torch_compile():
+    layer = int8_layer()
+    x = torch.randn(1, 256)
+    eager = layer(x)
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")  # fullgraph: no break at the C++ call
+    assert torch.equal(compiled(x), eager)
+
+
+@needs_kernel
+def test_smashed_8bit_models_decode_on_the_kernel_before_and_after_loading(tmp_path):
+    smashed = smash(build_tiny("llama"), rtn_config(), verbose=False)
+    assert kernel_names(smashed.model) == {"int8_vnni_cpu"}
+    ids = tiny_inputs("llama")["input_ids"][:1, :4]
+    with torch.no_grad():
+        before = smashed.generate(ids, max_new_tokens=4, do_sample=False)
+    smashed.save_pretrained(tmp_path / "saved")
+    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    assert kernel_names(loaded.model) == {"int8_vnni_cpu"}
+    with torch.no_grad():
+        assert torch.equal(loaded.generate(ids, max_new_tokens=4, do_sample=False), before)
+
+
+def test_weight_only_keeps_pytorchs_kernel(tmp_path):
+    smashed = smash(build_tiny("llama"), rtn_config(gptq_decode_kernel="weight_only"), verbose=False)
+    assert kernel_names(smashed.model) == {"int8pack_cpu"}
+    smashed.save_pretrained(tmp_path / "saved")
+    assert kernel_names(SmashedModel.from_pretrained(tmp_path / "saved").model) == {"int8pack_cpu"}
+
+
+def test_where_the_kernel_cannot_run_8bit_layers_use_pytorchs(monkeypatch, caplog):
+    """Another CPU, no compiler, a failed build: the weight-only kernel runs, and the reason is logged."""
+    monkeypatch.setitem(int8_vnni_kernel._BUILT, "int8_vnni_matvec",
+                        (None, "needs a CPU with avx512_vnni (missing here: avx512_vnni)"))
+    lowbit_kernels._note_once.cache_clear()
+    with caplog.at_level("INFO", logger="smashlib.layers.lowbit_kernels"):
+        smashed = smash(build_tiny("llama"), rtn_config(), verbose=False)
+    assert kernel_names(smashed.model) == {"int8pack_cpu"}
+    assert "missing here: avx512_vnni" in caplog.text
+    with pytest.raises(RuntimeError, match="missing here: avx512_vnni"):
+        int8_vnni_kernel.int8_vnni_matvec(torch.zeros(1, 32), torch.zeros(1, 32, dtype=torch.int8), torch.ones(1))
+
+
+def test_folders_saved_before_the_kernel_keep_the_weight_only_kernel():
+    """A gptq config of schema 2 (before gptq_decode_kernel) loads as weight_only: the outputs it gave."""
+    old = {"schema_version": 2, "device": "cpu", "values": {"quantizer": "gptq", "gptq_weight_bits": 8}, "components": {}}
+    assert SmashConfig.from_json_dict(old)["gptq_decode_kernel"] == "weight_only"
+    assert SmashConfig({"quantizer": "gptq"})["gptq_decode_kernel"] == "auto"
