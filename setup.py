@@ -6,4 +6,5 @@ algorithm_packages = ["smashlib.algorithms"] + [f"smashlib.algorithms.{p}" for p
 setup(
     packages=find_packages(include=["smashlib", "smashlib.*"]) + algorithm_packages,
     package_dir={"smashlib.algorithms": "algorithms"},
+    package_data={"smashlib.layers": ["*.cpp"]},  # the VNNI kernel's source, built on the machine that runs it
 )

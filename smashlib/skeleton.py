@@ -61,7 +61,7 @@ def describe_model(model: torch.nn.Module) -> dict[str, Any]:
         "class": cls.__name__,
         "module": cls.__module__,
         "auto_class": getattr(model, "_auto_class", None) if library == CUSTOM_CODE else None,
-        "attn_implementation": getattr(config, "_attn_implementation", None) if config is not None else None,
+        "attn_implementation": saved_attention(getattr(config, "_attn_implementation", None)) if config is not None else None,
         "dtype": dtype_name(model),
         # the Hub id it came from, for the model card's base_model (a local path is not recorded: it is private)
         "source": _hub_id(getattr(config, "_name_or_path", None)),
@@ -129,10 +129,19 @@ def model_class(description: dict[str, Any], folder: Path, trust_remote_code: bo
     )
 
 
+def saved_attention(name: str | None) -> str | None:
+    """The attention implementation a folder records: smashlib's float32-decode SDPA is saved as the "sdpa" it
+    wraps (a fresh process has not registered it; the algorithm that chose it switches to it after loading)."""
+    from smashlib.layers.decode_attention import NAME
+
+    return "sdpa" if name == NAME else name
+
+
 def build_skeleton(cls: type, config: Any, attn_implementation: str | None = None) -> torch.nn.Module:
     """An instance of the transformers class ``cls`` for ``config``: parameters on meta, buffers computed."""
     from accelerate import init_empty_weights
 
+    attn_implementation = saved_attention(attn_implementation)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     # _from_config applies config.dtype as the default dtype while building, as from_pretrained does,
     # so buffers created from the default dtype come out as in the saved model

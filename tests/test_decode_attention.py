@@ -1,6 +1,10 @@
 """Half-precision models attend in float32 for decode steps on CPU (smashlib.layers.decode_attention)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 
 from smashlib import SmashConfig, SmashedModel, smash
@@ -38,12 +42,22 @@ def test_half_models_switch_to_it_and_keep_it_after_loading(tmp_path):
     with torch.no_grad():
         before = smashed.generate(ids, max_new_tokens=4, do_sample=False)
     smashed.save_pretrained(tmp_path / "saved")
-    config = (tmp_path / "saved" / "config.json").read_text()
-    assert NAME not in config  # plain transformers loads the folder with its own attention
+    for saved in ("config.json", "smash_config.json"):  # a fresh process (or plain transformers) builds "sdpa"
+        assert NAME not in (tmp_path / "saved" / saved).read_text()
     loaded = SmashedModel.from_pretrained(tmp_path / "saved")
     assert loaded.model.config._attn_implementation == NAME
     with torch.no_grad():
         assert torch.equal(loaded.generate(ids, max_new_tokens=4, do_sample=False), before)
+
+
+def test_a_fresh_process_loads_a_half_model_and_switches_it_again(tmp_path):
+    smash(build_tiny("llama"), SmashConfig({"quantizer": "half"}, device="cpu"), verbose=False).save_pretrained(tmp_path / "m")
+    code = ("import sys; from smashlib import SmashedModel; "
+            "print(SmashedModel.from_pretrained(sys.argv[1]).model.config._attn_implementation)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == NAME
 
 
 def test_float32_models_keep_sdpa():

@@ -21,6 +21,7 @@ weight-only kernel (smashlib.layers.lowbit_kernels).
 """
 from __future__ import annotations
 
+import hashlib
 import platform
 import shutil
 from pathlib import Path
@@ -78,13 +79,32 @@ def _build() -> tuple[object | None, str | None]:
     return _BUILT[_OP]
 
 
+def _source_stamp() -> str:
+    """What the built library was made from: the source and the flags (the torch version names the folder)."""
+    return hashlib.sha256((SOURCE.read_text() + " ".join(_COMPILE_FLAGS)).encode()).hexdigest()
+
+
 def _build_now() -> tuple[object | None, str | None]:
     reason = _hardware_reason()
     if reason is not None:
         return None, reason
+    folder = build_folder()
+    library, stamp = folder / f"smashlib_{_OP}.so", folder / "source.sha256"
+    if library.is_file() and stamp.is_file() and stamp.read_text() == _source_stamp():
+        torch.ops.load_library(str(library))  # built before from this very source: skip the 2 s of checking
+    else:
+        reason = _compile(folder)
+        if reason is not None:
+            return None, reason
+        stamp.write_text(_source_stamp())
+    torch.library.register_fake(f"smashlib::{_OP}")(_matvec_shape)
+    return getattr(torch.ops.smashlib, _OP), None
+
+
+def _compile(folder: Path) -> str | None:
+    """Build the library into ``folder`` with torch.utils.cpp_extension (and load it); why not, if it failed."""
     from torch.utils.cpp_extension import load_inline
 
-    folder = build_folder()
     folder.mkdir(parents=True, exist_ok=True)
     try:
         load_inline(
@@ -92,9 +112,8 @@ def _build_now() -> tuple[object | None, str | None]:
             extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False, is_python_module=False,
         )
     except Exception as error:  # noqa: BLE001 - any compiler or linker failure: say what, run the fallback
-        return None, f"did not build ({type(error).__name__}: {str(error).strip().splitlines()[-1][:200]})"
-    torch.library.register_fake(f"smashlib::{_OP}")(_matvec_shape)
-    return getattr(torch.ops.smashlib, _OP), None
+        return f"did not build ({type(error).__name__}: {str(error).strip().splitlines()[-1][:200]})"
+    return None
 
 
 def unavailable_reason() -> str | None:
