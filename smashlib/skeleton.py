@@ -131,7 +131,8 @@ def model_class(description: dict[str, Any], folder: Path, trust_remote_code: bo
 
 def saved_attention(name: str | None) -> str | None:
     """The attention implementation a folder records: smashlib's float32-decode SDPA is saved as the "sdpa" it
-    wraps (a fresh process has not registered it; the algorithm that chose it switches to it after loading)."""
+    wraps (a fresh process has not registered it; the algorithm that chose it switches to it after loading).
+    Recorded once, here, when saving: folders never name it."""
     from smashlib.layers.decode_attention import NAME
 
     return "sdpa" if name == NAME else name
@@ -141,7 +142,6 @@ def build_skeleton(cls: type, config: Any, attn_implementation: str | None = Non
     """An instance of the transformers class ``cls`` for ``config``: parameters on meta, buffers computed."""
     from accelerate import init_empty_weights
 
-    attn_implementation = saved_attention(attn_implementation)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     # _from_config applies config.dtype as the default dtype while building, as from_pretrained does,
     # so buffers created from the default dtype come out as in the saved model

@@ -67,6 +67,18 @@ def test_8bit_layers_decode_on_the_kernel_and_prefill_on_the_gemm(tokens):
 
 
 @needs_kernel
+def test_the_built_library_is_stamped_with_its_source_and_is_rebuilt_when_that_changes(monkeypatch):
+    """A later process loads the library directly only if it was built from this very source and flags."""
+    folder = int8_vnni_kernel.build_folder()
+    assert (folder / "source.sha256").read_text() == int8_vnni_kernel._source_stamp()
+    assert (folder / f"smashlib_{int8_vnni_kernel._OP}.so").is_file()
+    calls = []
+    monkeypatch.setattr(int8_vnni_kernel, "_compile", lambda where: calls.append(where) or "compiled (stub)")
+    monkeypatch.setattr(int8_vnni_kernel, "_source_stamp", lambda: "another source")
+    assert int8_vnni_kernel._build_now() == (None, "compiled (stub)") and calls == [folder]
+
+
+@needs_kernel
 def test_kernel_is_one_op_under_torch_compile():
     layer = int8_layer()
     x = torch.randn(1, 256)

@@ -8,7 +8,7 @@ machine: SmolLM2-135M's 211 products take 14.6 ms per token. Written as int16 pe
 activations multiply the int8 weights on VNNI's ``dpwssd``, which sums int16 products exactly in int32:
 the same products take 6.3 ms (about 20 GB/s, this machine's memory bandwidth) and equal the weight-only
 ones to a relative 2e-5. (int8 activations, llama.cpp's Q8_0 way, are no faster here and cost SmolLM2
-0.7% perplexity: docs/cpu_recipe.md.)
+0.7% perplexity over the weight-only product with every product on them: docs/cpu_recipe.md.)
 
 No library ships such a kernel for this torch on x86 (torchao's CPU kernels are not built for it,
 fbgemm's dynamic kernel rounds activations to int8 per tensor), so it is the ~50 lines of
@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -70,12 +71,16 @@ def build_folder() -> Path:
 
 #: The op (or None) and the reason it is missing, once per process.
 _BUILT: dict[str, tuple[object | None, str | None]] = {}
+#: One build at a time: tune()'s Dask trials load models in threads, and the op is registered once.
+_BUILDING = threading.Lock()
 
 
 @torch.compiler.disable  # built eagerly even when a compiled model's first call asks for it
 def _build() -> tuple[object | None, str | None]:
     if _OP not in _BUILT:
-        _BUILT[_OP] = _build_now()
+        with _BUILDING:
+            if _OP not in _BUILT:
+                _BUILT[_OP] = _build_now()
     return _BUILT[_OP]
 
 
