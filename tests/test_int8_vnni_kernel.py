@@ -111,14 +111,32 @@ def test_weight_only_keeps_pytorchs_kernel(tmp_path):
 def test_where_the_kernel_cannot_run_8bit_layers_use_pytorchs(monkeypatch, caplog):
     """Another CPU, no compiler, a failed build: the weight-only kernel runs, and the reason is logged."""
     monkeypatch.setitem(int8_vnni_kernel._BUILT, "int8_vnni_matvec",
-                        (None, "needs a CPU with avx512_vnni (missing here: avx512_vnni)"))
+                        (None, "needs a CPU with AVX2 and FMA (missing here: avx2)"))
     lowbit_kernels._note_once.cache_clear()
     with caplog.at_level("INFO", logger="smashlib.layers.lowbit_kernels"):
         smashed = smash(build_tiny("llama"), rtn_config(), verbose=False)
     assert kernel_names(smashed.model) == {"int8pack_cpu"}
-    assert "missing here: avx512_vnni" in caplog.text
-    with pytest.raises(RuntimeError, match="missing here: avx512_vnni"):
+    assert "missing here: avx2" in caplog.text
+    with pytest.raises(RuntimeError, match="missing here: avx2"):
         int8_vnni_kernel.int8_vnni_matvec(torch.zeros(1, 32), torch.zeros(1, 32, dtype=torch.int8), torch.ones(1))
+
+
+@pytest.mark.parametrize(("flags", "chosen"), [
+    ({"avx2", "fma", "avx512f", "avx512vl", "avx512_vnni"}, "avx512_vnni"),
+    ({"avx2", "fma", "avx512f"}, "avx2"),  # AVX-512 without VNNI (Skylake-X): the AVX2 build
+    ({"avx2", "fma"}, "avx2"),
+    ({"sse4_2", "avx"}, None),
+])
+def test_the_build_is_chosen_by_the_cpus_flags(monkeypatch, flags, chosen):
+    """VNNI's build where the CPU has it, AVX2's elsewhere (each in its own folder), a reason without AVX2."""
+    monkeypatch.setattr(int8_vnni_kernel.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(int8_vnni_kernel.cpu_features, "cpu_flags", lambda: frozenset(flags))
+    assert int8_vnni_kernel.instruction_set() == chosen
+    if chosen is None:
+        assert "needs a CPU with AVX2 and FMA (missing here: avx2, fma)" == int8_vnni_kernel._hardware_reason()
+        return
+    assert int8_vnni_kernel.build_folder().name == f"int8_vnni_matvec-{chosen}"
+    assert ("-mavx512vnni" in int8_vnni_kernel._compile_flags()) == (chosen == "avx512_vnni")
 
 
 def test_folders_saved_before_the_kernel_keep_the_weight_only_kernel():
@@ -126,3 +144,17 @@ def test_folders_saved_before_the_kernel_keep_the_weight_only_kernel():
     old = {"schema_version": 2, "device": "cpu", "values": {"quantizer": "gptq", "gptq_weight_bits": 8}, "components": {}}
     assert SmashConfig.from_json_dict(old)["gptq_decode_kernel"] == "weight_only"
     assert SmashConfig({"quantizer": "gptq"})["gptq_decode_kernel"] == "auto"
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_prefill_multiplies_in_bf16_only_where_the_cpu_has_bf16_units(monkeypatch, native_bf16):
+    """Long calls convert the int8 matrix for a GEMM: bf16 on CPUs with bf16 units, fp32 elsewhere (where bf16
+    GEMMs are emulated, 6x slower); either way the product of the int8 weight, to the GEMM dtype's rounding."""
+    monkeypatch.setattr(lowbit_kernels, "gemm_dtype", lambda: torch.bfloat16 if native_bf16 else torch.float32)
+    layer = int8_layer(decode_kernel="weight_only")
+    kernel = lowbit_kernels.Int8PackCPU(layer)
+    assert kernel.gemm_dtype == (torch.bfloat16 if native_bf16 else torch.float32)
+    x = torch.randn(lowbit_kernels.GEMM_ROWS + 1, layer.in_features)
+    exact = F.linear(x.double(), kernel.weight.double()) * kernel.scales.double() + layer.bias.double()
+    error = (kernel(x).double() - exact).abs().max() / exact.abs().max()
+    assert error < (1e-2 if native_bf16 else 1e-5)

@@ -6,7 +6,9 @@ on its encoder, which ``generate`` of encoder-decoder models (Whisper) calls dir
 
 On CPU, bfloat16 is the one to pick: with AVX512-BF16 or AMX a prefill matrix product runs about 2x
 faster than fp32, while float16 matrix products without AVX512-FP16/AMX-FP16 fall back to a slow path
-(measured here 30x slower than fp32 for a 128x576 @ 576x1536 product); check_settings warns about it.
+(measured here 30x slower than fp32 for a 128x576 @ 576x1536 product). Without bf16 units (AVX2 CPUs:
+AMD before Zen 4, most Intel before Sapphire Rapids) bf16 products are emulated too (0.22x fp32's prefill
+on an AVX2 EPYC). check_settings warns about both (smashlib.layers.cpu_features).
 Decode at batch 1 is matrix-vector work bound by memory, where half precision gains little.
 See docs/algorithms.md for measured numbers.
 """
@@ -20,12 +22,7 @@ from ConfigSpace import Categorical
 from smashlib.algorithm import Algorithm
 from smashlib.casting import DTYPES, cast_model, prepare_cast_model
 from smashlib.errors import UnsupportedModelError
-
-
-def fp16_is_slow_here() -> bool:
-    """Whether this CPU lacks float16 matrix units (AMX-FP16); AVX512-FP16 is not visible to torch."""
-    has_amx_fp16 = getattr(torch.cpu, "_is_amx_fp16_supported", None)
-    return not (callable(has_amx_fp16) and has_amx_fp16())
+from smashlib.layers.cpu_features import has_native_bf16, has_native_fp16
 
 
 class Half(Algorithm):
@@ -35,11 +32,21 @@ class Half(Algorithm):
     hyperparameters = (Categorical("dtype", ["bfloat16", "float16"], default="bfloat16"),)
 
     def check_settings(self, settings, device):
-        if device == "cpu" and settings["dtype"] == "float16" and fp16_is_slow_here():
+        if device != "cpu":
+            return
+        if settings["dtype"] == "float16" and not has_native_fp16():
             warnings.warn(
                 "half_dtype='float16' on this CPU: without float16 matrix units, float16 matrix products take a "
                 "slow path (measured 30x slower than float32 for prefill). Use half_dtype='bfloat16' on CPU.",
                 stacklevel=4,  # check_settings < check_before_smashing < smash < the caller
+            )
+        elif settings["dtype"] == "bfloat16" and not has_native_bf16():
+            warnings.warn(
+                "half on this CPU: it has no bfloat16 units (AVX512-BF16 or AMX), so bfloat16 matrix products are "
+                "emulated (prefill measured at 0.22x float32's on an AVX2 EPYC); decode, bound by bytes read, still "
+                "gains. For prefill speed here, use an 8-bit quantizer (gptq_weight_bits=8), whose long calls run "
+                "in float32 on such CPUs.",
+                stacklevel=4,
             )
 
     def check_model(self, model: torch.nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""The int8 decode kernel: 8-bit weights times activations in 16-bit blocks, on AVX512-VNNI.
+"""The int8 decode kernel: 8-bit weights times activations in 16-bit blocks, on AVX512-VNNI or AVX2.
 
 At batch 1 a decode step reads every weight once, so its speed is the speed at which the matrix-vector
 products read bytes. PyTorch's int8 weight-only kernel (``aten._weight_int8pack_mm``, bf16 activations)
@@ -7,7 +7,9 @@ machine: SmolLM2-135M's 211 products take 14.6 ms per token. Written as int16 pe
 (one float scale a block, a rounding of 1/65534 of the block's largest value, finer than bf16's), the
 activations multiply the int8 weights on VNNI's ``dpwssd``, which sums int16 products exactly in int32:
 the same products take 6.3 ms (about 20 GB/s, this machine's memory bandwidth) and equal the weight-only
-ones to a relative 2e-5. (int8 activations, llama.cpp's Q8_0 way, are no faster here and cost SmolLM2
+ones to a relative 2e-5. CPUs without VNNI (AVX2 only: AMD before Zen 4, Intel before Ice Lake) get a build
+that sums the same pairs with AVX2's ``vpmaddwd`` (:data:`INSTRUCTION_SETS`): the same int32 sums, so the
+same outputs, one instruction more per 16 weights. (int8 activations, llama.cpp's Q8_0 way, are no faster here and cost SmolLM2
 0.7% perplexity over the weight-only product with every product on them: docs/cpu_recipe.md.)
 
 No library ships such a kernel for this torch on x86 (torchao's CPU kernels are not built for it,
@@ -16,7 +18,7 @@ fbgemm's dynamic kernel rounds activations to int8 per tensor), so it is the ~50
 smashlib's cache (a C++ compiler is needed; the build takes about 35 s) and registered with PyTorch's
 dispatcher as the op ``smashlib::int8_vnni_matvec`` (its C++ ``TORCH_LIBRARY``), so an eager call costs
 what an aten op costs and ``torch.compile`` keeps it as one call. :func:`unavailable_reason` says why it
-cannot run here (not x86 with AVX512-VNNI, no compiler, the build failed); 8-bit layers then use the
+cannot run here (not x86 with AVX2, no compiler, the build failed); 8-bit layers then use the
 weight-only kernel (smashlib.layers.lowbit_kernels).
 """
 from __future__ import annotations
@@ -30,43 +32,52 @@ from pathlib import Path
 import torch
 
 from smashlib.bundled import cache_root
+from smashlib.layers import cpu_features
 
 SOURCE = Path(__file__).with_name("int8_vnni_matvec.cpp")
 #: Activations are scaled per block of this many values: the layer's input size must be a multiple.
 BLOCK = 32
 #: The int16 range the activations are scaled into.
 INT16_MAX = 32767
-#: The CPU features the kernel is compiled for (Linux /proc/cpuinfo names).
-NEEDED_FLAGS = ("avx2", "fma", "avx512f", "avx512vl", "avx512_vnni")
-_COMPILE_FLAGS = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512vnni"]
+#: The builds, best first: (name, the CPU features it needs as Linux /proc/cpuinfo names them, the
+#: compiler's flags for them). The source picks VNNI's dpwssd when its flags are set, else AVX2's vpmaddwd.
+INSTRUCTION_SETS = (
+    ("avx512_vnni", ("avx2", "fma", "avx512f", "avx512vl", "avx512_vnni"),
+     ("-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512vnni")),
+    ("avx2", ("avx2", "fma"), ("-mavx2", "-mfma")),
+)
 _OP = "int8_vnni_matvec"
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+def instruction_set() -> str | None:
+    """The best build this CPU runs ("avx512_vnni" or "avx2"), or None."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    flags = cpu_features.cpu_flags()
+    return next((name for name, needed, _ in INSTRUCTION_SETS if set(needed) <= flags), None)
+
+
+def _compile_flags() -> list[str]:
+    chosen = instruction_set()
+    return ["-O3", "-fopenmp", *next(flags for name, _, flags in INSTRUCTION_SETS if name == chosen)]
 
 
 def _hardware_reason() -> str | None:
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"needs an x86-64 CPU with AVX512-VNNI (this is {platform.machine()})"
-    missing = [flag for flag in NEEDED_FLAGS if flag not in _cpu_flags()]
-    if missing:
-        return f"needs a CPU with {', '.join(NEEDED_FLAGS)} (missing here: {', '.join(missing)})"
+        return f"needs an x86-64 CPU with AVX2 (this is {platform.machine()})"
+    if instruction_set() is None:
+        missing = [flag for flag in INSTRUCTION_SETS[-1][1] if flag not in cpu_features.cpu_flags()]
+        return f"needs a CPU with AVX2 and FMA (missing here: {', '.join(missing)})"
     if shutil.which("c++") is None and shutil.which("g++") is None:
         return "needs a C++ compiler (g++) to build it once"
     return None
 
 
 def build_folder() -> Path:
-    """Where the built kernel is kept: one folder per torch version (its ABI) under smashlib's cache."""
-    return cache_root() / "extensions" / f"torch-{torch.__version__.replace('+', '-')}" / _OP
+    """Where the built kernel is kept: one folder per torch version (its ABI) and instruction set (a cache
+    copied to another CPU builds its own) under smashlib's cache."""
+    torch_folder = f"torch-{torch.__version__.replace('+', '-')}"
+    return cache_root() / "extensions" / torch_folder / f"{_OP}-{instruction_set()}"
 
 
 #: The op (or None) and the reason it is missing, once per process.
@@ -86,7 +97,7 @@ def _build() -> tuple[object | None, str | None]:
 
 def _source_stamp() -> str:
     """What the built library was made from: the source and the flags (the torch version names the folder)."""
-    return hashlib.sha256((SOURCE.read_text() + " ".join(_COMPILE_FLAGS)).encode()).hexdigest()
+    return hashlib.sha256((SOURCE.read_text() + " ".join(_compile_flags())).encode()).hexdigest()
 
 
 def _build_now() -> tuple[object | None, str | None]:
@@ -113,7 +124,7 @@ def _compile(folder: Path) -> str | None:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         load_inline(
-            f"smashlib_{_OP}", cpp_sources=SOURCE.read_text(), extra_cflags=_COMPILE_FLAGS,
+            f"smashlib_{_OP}", cpp_sources=SOURCE.read_text(), extra_cflags=_compile_flags(),
             extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False, is_python_module=False,
         )
     except Exception as error:  # noqa: BLE001 - any compiler or linker failure: say what, run the fallback

@@ -1,4 +1,4 @@
-// Matrix-vector products of int8 weights on x86 CPUs with AVX512-VNNI (smashlib.layers.int8_vnni_kernel).
+// Matrix-vector products of int8 weights on x86 CPUs with AVX512-VNNI or AVX2 (smashlib.layers.int8_vnni_kernel).
 //
 // y[m, n] = scale[n] * sum_b d[m, b] * dot(a[m, block b], w[n, block b])
 //
@@ -9,6 +9,8 @@
 // into int32, 16 weights an instruction; only the block sums are scaled and added in float. Reading one byte
 // per weight with that little arithmetic is what brings a decode step's products to the memory bandwidth,
 // where PyTorch's weight-only kernel (``_weight_int8pack_mm``) converts every weight to float first.
+// Without VNNI (AVX2 CPUs: AMD before Zen 4, Intel before Ice Lake) the same pair sums are vpmaddwd + vpaddd,
+// two instructions instead of one and exactly the same int32 sums, so both builds give the same outputs.
 #include <torch/extension.h>
 #include <torch/library.h>
 #include <ATen/Parallel.h>
@@ -36,6 +38,15 @@ void quantize_blocks(const T* x, int64_t M, int64_t K, int16_t* a, float* d) {
       for (int64_t i = 0; i < kBlock; ++i) a[m * K + b * kBlock + i] = static_cast<int16_t>(std::nearbyint(xb[i] * inverse));
     }
   }
+}
+
+// acc + the pairwise int16 products of w and a, summed exactly in int32 (int8 weights: no pair overflows).
+inline __m256i add_pair_products(__m256i acc, __m256i w, __m256i a) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpwssd_epi32(acc, w, a);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(w, a));
+#endif
 }
 
 inline float horizontal_sum(__m256 v) {
@@ -82,8 +93,8 @@ torch::Tensor int8_vnni_matvec(const torch::Tensor& x_in, const torch::Tensor& w
           const int16_t* ab = a_row + b * kBlock;
           const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb)));
           const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 16)));
-          __m256i sums = _mm256_dpwssd_epi32(_mm256_setzero_si256(), w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab)));
-          sums = _mm256_dpwssd_epi32(sums, w1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab + 16)));
+          __m256i sums = add_pair_products(_mm256_setzero_si256(), w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab)));
+          sums = add_pair_products(sums, w1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab + 16)));
           acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d_row[b]), acc);
         }
         Y[m * N + n] = horizontal_sum(acc) * S[n];

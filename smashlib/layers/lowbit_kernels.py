@@ -17,11 +17,14 @@ the layer and its device is used, in this order, which is the order of measured 
                   rows (tokens) of each call: up to :data:`GEMM_ROWS` rows (decode) it is
                   ``aten._weight_int8pack_mm``, a matrix-vector kernel reading one byte per weight;
                   above (prefill) that kernel is slower than fp32 MKL (measured 2.1 ms against 0.68 ms
-                  for 128 x 576 @ 576 x 1536), so the int8 matrix is converted to bf16 for the call
-                  (integers up to 127 are exact in bf16, the row scale is applied to the output) and
-                  multiplied by the bf16 GEMM: the speed of a bf16 model, with no second copy kept.
+                  for 128 x 576 @ 576 x 1536), so the int8 matrix is converted for the call (integers up
+                  to 127 are exact in bf16, the row scale is applied to the output) and multiplied by
+                  the GEMM of :func:`~smashlib.layers.cpu_features.gemm_dtype`: bf16 on CPUs with bf16
+                  units (the speed of a bf16 model), fp32 elsewhere (where bf16 GEMMs are emulated and
+                  measured 6x slower than fp32: 14.7 ms against 2.4 ms for that product, conversion
+                  included, on an AVX2 EPYC), with no second copy kept.
 ``int8_vnni_cpu`` 8 bits as ``int8pack_cpu``, but decode calls (up to :data:`GEMM_ROWS` rows) run smashlib's
-                  AVX512-VNNI kernel (:mod:`smashlib.layers.int8_vnni_kernel`: activations as int16 per
+                  AVX512-VNNI (or AVX2) kernel (:mod:`smashlib.layers.int8_vnni_kernel`: activations as int16 per
                   block of 32, the same product to a relative 2e-5), twice the weight-only kernel's
                   speed at batch 1. For layers whose ``decode_kernel`` is ``"auto"`` (gptq's
                   ``gptq_decode_kernel``, the default) on CPUs where the kernel builds; elsewhere those
@@ -42,6 +45,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch.nn import functional as F
 
+from smashlib.layers.cpu_features import gemm_dtype
 from smashlib.layers.int8_linear import quantize_per_channel_int8
 from smashlib.layers.kernels import (
     INT4_CPU_GROUPS,
@@ -142,19 +146,26 @@ class Int8PackCPU:
             self.scales = scales.to(torch.bfloat16)
         self.bias = layer.bias
         self.out_features = layer.out_features
+        self.gemm_dtype = gemm_dtype()
+        self.gemm_scales = self.scales.to(self.gemm_dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        if rows.shape[0] > GEMM_ROWS:  # prefill: matrix-matrix work, where the bf16 GEMM wins
-            y = F.linear(rows, self.weight.to(torch.bfloat16)) * self.scales
-        else:
-            y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales)
+        rows = x.reshape(-1, x.shape[-1])
+        y = self.gemm(rows) if rows.shape[0] > GEMM_ROWS else self.matvec(rows)
         return _add_bias(y.to(x.dtype), self.bias).reshape(*x.shape[:-1], self.out_features)
+
+    def gemm(self, rows: torch.Tensor) -> torch.Tensor:
+        """Prefill: matrix-matrix work, on the int8 matrix converted to the GEMM's dtype for this call."""
+        return F.linear(rows.to(self.gemm_dtype), self.weight.to(self.gemm_dtype)) * self.gemm_scales
+
+    def matvec(self, rows: torch.Tensor) -> torch.Tensor:
+        """Decode: PyTorch's weight-only matrix-vector kernel (bf16 activations)."""
+        return torch.ops.aten._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight, self.scales)
 
 
 @register_kernel(PACKED_INT, "cpu")
 class Int8VnniCPU(Int8PackCPU):
-    """8-bit weights whose decode calls run smashlib's AVX512-VNNI kernel (int16 activation blocks)."""
+    """8-bit weights whose decode calls run smashlib's kernel (int16 activation blocks, AVX512-VNNI or AVX2)."""
 
     name: ClassVar[str] = "int8_vnni_cpu"
 
@@ -175,12 +186,8 @@ class Int8VnniCPU(Int8PackCPU):
         super().__init__(layer)
         self.float_scales = self.scales.float()  # what the VNNI kernel reads; the bf16 ones stay for prefill
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] > GEMM_ROWS:
-            return super().__call__(x)
-        y = torch.ops.smashlib.int8_vnni_matvec(rows, self.weight, self.float_scales)
-        return _add_bias(y.to(x.dtype), self.bias).reshape(*x.shape[:-1], self.out_features)
+    def matvec(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.smashlib.int8_vnni_matvec(rows, self.weight, self.float_scales)
 
 
 # registered after the VNNI form (which specializes it), so 8-bit layers get that first where it runs
