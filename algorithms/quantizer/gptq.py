@@ -10,10 +10,10 @@ int4 CPU kernel with bf16 activations, or its int8 weight-only kernel for 8 bits
 ``compute_dtype="bfloat16"`` casts what is not quantized (norms, embeddings kept in float, attention,
 biases) to bf16 too. The kernels take bf16 activations anyway, so this costs no measurable quality
 (bf16 and fp32 SmolLM2 give the same perplexity) and makes the rest of the model run at bf16 speed:
-with 8-bit weights, whose prefill products already run as bf16 GEMMs, prefill then runs at the speed
+with 8-bit weights, whose prefill products already run as bf16 GEMMs on CPUs with bf16 units, prefill runs at the speed
 of a bf16 model and decode reads int8 weights (measured in docs/cpu_recipe.md).
 
-8-bit layers decode (calls of up to 8 tokens) on smashlib's AVX512-VNNI kernel where the CPU has it and a
+8-bit layers decode (calls of up to 8 tokens) on smashlib's kernel (AVX512-VNNI, or AVX2) where a
 C++ compiler can build it once (smashlib.layers.int8_vnni_kernel): the same product as PyTorch's
 weight-only kernel to a relative 2e-5, at twice its speed. ``decode_kernel="weight_only"`` keeps PyTorch's.
 
