@@ -158,3 +158,13 @@ def test_prefill_multiplies_in_bf16_only_where_the_cpu_has_bf16_units(monkeypatc
     exact = F.linear(x.double(), kernel.weight.double()) * kernel.scales.double() + layer.bias.double()
     error = (kernel(x).double() - exact).abs().max() / exact.abs().max()
     assert error < (1e-2 if native_bf16 else 1e-5)
+
+
+def test_the_float32_prefill_is_one_op_in_a_compiled_graph(monkeypatch):
+    """On CPUs without bf16 units the fp32 prefill product is an opaque op (Inductor's own conversion of the
+    int8 matrix was slower than eager): torch.compile keeps one graph and gives the eager result."""
+    monkeypatch.setattr(lowbit_kernels, "gemm_dtype", lambda: torch.float32)
+    kernel = lowbit_kernels.Int8PackCPU(int8_layer(decode_kernel="weight_only"))
+    x = torch.randn(lowbit_kernels.GEMM_ROWS + 4, 256)
+    compiled = torch.compile(lambda rows: kernel(rows), fullgraph=True, backend="inductor")
+    assert torch.allclose(compiled(x), kernel(x), rtol=1e-6, atol=1e-6)

@@ -46,6 +46,7 @@ import torch
 from torch.nn import functional as F
 
 from smashlib.layers.cpu_features import gemm_dtype
+from smashlib.layers.int8_float_gemm import int8_float32_gemm
 from smashlib.layers.int8_linear import quantize_per_channel_int8
 from smashlib.layers.kernels import (
     INT4_CPU_GROUPS,
@@ -155,7 +156,10 @@ class Int8PackCPU:
         return _add_bias(y.to(x.dtype), self.bias).reshape(*x.shape[:-1], self.out_features)
 
     def gemm(self, rows: torch.Tensor) -> torch.Tensor:
-        """Prefill: matrix-matrix work, on the int8 matrix converted to the GEMM's dtype for this call."""
+        """Prefill: matrix-matrix work, on the int8 matrix converted to the GEMM's dtype for this call (in fp32,
+        as one op that torch.compile does not trace into: smashlib.layers.int8_float_gemm)."""
+        if self.gemm_dtype == torch.float32:
+            return int8_float32_gemm(rows, self.weight, self.gemm_scales)
         return F.linear(rows.to(self.gemm_dtype), self.weight.to(self.gemm_dtype)) * self.gemm_scales
 
     def matvec(self, rows: torch.Tensor) -> torch.Tensor:
