@@ -168,3 +168,12 @@ def test_the_float32_prefill_is_one_op_in_a_compiled_graph(monkeypatch):
     x = torch.randn(lowbit_kernels.GEMM_ROWS + 4, 256)
     compiled = torch.compile(lambda rows: kernel(rows), fullgraph=True, backend="inductor")
     assert torch.allclose(compiled(x), kernel(x), rtol=1e-6, atol=1e-6)
+    traced = []
+
+    def record(graph, example_inputs):
+        traced.extend(node.target for node in graph.graph.nodes if node.op == "call_function")
+        return graph
+
+    torch._dynamo.reset()
+    torch.compile(lambda rows: kernel(rows), fullgraph=True, backend=record)(x)
+    assert torch.ops.smashlib.int8_float32_gemm.default in traced

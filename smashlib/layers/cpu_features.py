@@ -44,6 +44,12 @@ def has_native_fp16() -> bool:
     return _torch_says("_is_amx_fp16_supported")
 
 
+def has_vnni() -> bool:
+    """Whether int8 dot products accumulate in int32 here (AVX512-VNNI or AVX-VNNI), which fbgemm needs to keep
+    8-bit activations (smashlib.layers.int8_linear.reduce_range)."""
+    return _torch_says("_is_vnni_supported")
+
+
 def gemm_dtype() -> torch.dtype:
     """The dtype CPU kernels multiply matrices in when the choice is theirs: bf16 where it is native, else fp32."""
     return torch.bfloat16 if has_native_bf16() else torch.float32

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from smashlib.layers.cpu_features import has_vnni
 from smashlib.layers.quantized_linear import QuantizedLinear
 from smashlib.layers.tied_embedding import TiedEmbedding
 from smashlib.targets import is_linear  # noqa: F401  (re-exported: the one linear test lives in smashlib.targets)
@@ -47,8 +48,7 @@ def reduce_range() -> bool:
     range avoids that, at some accuracy. CPUs with AVX512-VNNI (or AVX-VNNI) accumulate in int32 and
     keep all 8 bits.
     """
-    is_vnni = getattr(torch.cpu, "_is_vnni_supported", None)
-    return not (callable(is_vnni) and is_vnni())
+    return not has_vnni()
 
 
 def _weight_of(linear: nn.Module) -> torch.Tensor:

@@ -188,7 +188,7 @@ class Int8VnniCPU(Int8PackCPU):
 
     def __init__(self, layer: PackedLinear) -> None:
         super().__init__(layer)
-        self.float_scales = self.scales.float()  # what the VNNI kernel reads; the bf16 ones stay for prefill
+        self.float_scales = self.scales.float()  # what the decode kernel reads; prefill uses gemm_scales
 
     def matvec(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.ops.smashlib.int8_vnni_matvec(rows, self.weight, self.float_scales)
