@@ -71,6 +71,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "gptq 4-bit g32, sensitive layers 8-bit": {"quantizer": "gptq", "gptq_sensitive_layers_precision": "int8"},
     "gptq 4-bit g32, sensitive layers 8-bit, bf16 + compiled decode": {
         "quantizer": "gptq", "gptq_sensitive_layers_precision": "int8", **BF16_DECODE},
+    "gptq 4-bit g32, sensitive layers 8-bit + torch_compile": {
+        "quantizer": "gptq", "gptq_sensitive_layers_precision": "int8", "compiler": "torch_compile"},
+    "gptq 4-bit g32, sensitive layers 8-bit, PyTorch's int4 kernel": {
+        "quantizer": "gptq", "gptq_sensitive_layers_precision": "int8", "gptq_decode_kernel": "int8_only"},
 }
 LLAMA_CPP_TYPES = ("Q8_0", "Q4_K_M")
 #: The fp32 folder's weights (safetensors) in MB, as docs/benchmarks.md measured it.

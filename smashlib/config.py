@@ -32,8 +32,9 @@ from smashlib.targets import is_target_modules_hyperparameter, normalize_target_
 #: 1: the first layout. 2: hyperparameters renamed (keep_full_precision, keep_output_head and gptq's
 #: output_head became target_modules); version-1 values pass through Algorithm.upgrade_settings when read.
 #: 3: gptq_decode_kernel (folders saved before it keep PyTorch's weight-only kernel, so they give the outputs
-#: they gave).
-SCHEMA_VERSION = 3
+#: they gave). 4: gptq_decode_kernel="auto" covers smashlib's 4-bit kernel too (folders saved before it say
+#: "int8_only": their 2-4-bit layers keep PyTorch's int4 kernel).
+SCHEMA_VERSION = 4
 DEVICES = ("cpu", "cuda")
 
 

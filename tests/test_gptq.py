@@ -21,6 +21,8 @@ from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer
 FAST = {"gptq_calibration_samples": 16, "gptq_sequence_length": 128}
 #: What 8-bit layers run here: smashlib's VNNI kernel where it builds, else PyTorch's weight-only kernel.
 EIGHT_BIT_KERNEL = "int8_vnni_cpu" if unavailable_reason() is None else "int8pack_cpu"
+#: What 2-4-bit layers run here: smashlib's kernel where it builds, else PyTorch's int4 kernel.
+FOUR_BIT_KERNEL = "int4_vnni_cpu" if unavailable_reason() is None else "int4pack_cpu"
 
 
 @pytest.fixture(scope="module")
@@ -147,22 +149,30 @@ def test_round_to_nearest_never_leaves_the_grid():
 @pytest.mark.parametrize(
     "bits,group_size,act_order,out_features,kernel",
     [
-        (4, 128, False, 64, "int4pack_cpu"),
-        (4, 64, True, 48, "int4pack_cpu"),
-        (3, 32, False, 32, "int4pack_cpu"),
-        (2, -1, True, 32, "int4pack_cpu"),
+        (4, 128, False, 64, FOUR_BIT_KERNEL),
+        (4, 64, True, 48, FOUR_BIT_KERNEL),
+        (3, 32, False, 32, FOUR_BIT_KERNEL),
+        (2, -1, True, 32, FOUR_BIT_KERNEL),
         (8, -1, True, 32, EIGHT_BIT_KERNEL),
         (8, 64, False, 32, EIGHT_BIT_KERNEL),
-        (4, 32, False, 100, "dequantized"),  # 100 rows: the int4 kernel needs a multiple of 16
+        # 100 rows: PyTorch's int4 kernel needs a multiple of 16, smashlib's does not
+        (4, 32, False, 100, "int4_vnni_cpu" if unavailable_reason() is None else "dequantized"),
+        (4, 64, True, 48, ("weight_only", "int4pack_cpu")),
+        (3, 32, False, 32, ("int8_only", "int4pack_cpu")),
     ],
 )
 def test_packed_linear_computes_its_dequantized_weight(bits, group_size, act_order, out_features, kernel):
+    """Each kernel form computes the layer's own dequantized product; ``decode_kernel`` other than "auto" keeps
+    2-4-bit layers on PyTorch's int4 kernel (what folders saved before smashlib's 4-bit kernel computed)."""
+    decode_kernel, kernel = kernel if isinstance(kernel, tuple) else ("auto", kernel)
     in_features = 256
     weight = torch.randn(out_features, in_features) * 0.05
     bias = torch.randn(out_features)
     inputs = torch.randn(512, in_features) * torch.linspace(0.2, 2.0, in_features)
     quantized = gptq_quantize(weight, 2 * inputs.t() @ inputs / 512, bits, group_size, act_order=act_order)
     layer = PackedLinear.from_integers(quantized.q, quantized.scales, quantized.zeros, bits, group_size, quantized.perm, bias)
+    layer.decode_kernel = decode_kernel
+    layer.prepare_kernel()
     assert layer.kernel_name == kernel
     assert torch.equal(layer.dequantize(), quantized.dequantize(group_size))
     x = torch.randn(3, 5, in_features)
@@ -170,6 +180,24 @@ def test_packed_linear_computes_its_dequantized_weight(bits, group_size, act_ord
     # the CPU kernels take bf16 activations (8 bits of mantissa); 8-bit groups are re-rounded per row
     tolerance = 1e-5 if kernel == "dequantized" else 2e-2
     assert (layer(x) - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+@pytest.mark.parametrize("tokens", [1, 8, 9, 128])  # GEMM_ROWS is 8
+@pytest.mark.parametrize("group_size,act_order", [(32, True), (128, False), (-1, False)])
+def test_4_bit_layers_compute_the_same_product_for_decode_and_prefill_shapes(tokens, group_size, act_order):
+    """Up to GEMM_ROWS rows smashlib's 4-bit kernel (int16 activation blocks: a relative 1e-4 here), above them a
+    GEMM on the weight its dequantize op rebuilds, exactly the stored weight."""
+    if unavailable_reason() is not None:
+        pytest.skip(f"smashlib's kernel {unavailable_reason()}")
+    weight = torch.randn(80, 256) * 0.05
+    inputs = torch.randn(512, 256) * torch.linspace(0.2, 2.0, 256)
+    quantized = gptq_quantize(weight, 2 * inputs.t() @ inputs / 512, 4, group_size, act_order=act_order)
+    layer = PackedLinear.from_integers(quantized.q, quantized.scales, quantized.zeros, 4, group_size, quantized.perm,
+                                       torch.randn(80))
+    assert layer.kernel_name == "int4_vnni_cpu"
+    x = torch.randn(1, tokens, 256)
+    expected = F.linear(x, layer.dequantize(), layer.bias)
+    assert (layer(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
 @pytest.mark.parametrize("tokens", [1, 8, 9, 128])  # GEMM_ROWS is 8
@@ -307,7 +335,7 @@ def test_save_and_load_give_the_same_outputs(name, values, tokenizer, tmp_path):
     loaded = SmashedModel.from_pretrained(tmp_path / "saved")
     assert torch.equal(logits(loaded, name), before)
     kernels = {m.kernel_name for m in loaded.model.modules() if isinstance(m, PackedLinear)}
-    assert kernels <= {"int4pack_cpu", EIGHT_BIT_KERNEL, "dequantized"} and kernels
+    assert kernels <= {FOUR_BIT_KERNEL, EIGHT_BIT_KERNEL, "dequantized"} and kernels
 
 
 def test_missing_tokenizer_is_named():

@@ -177,3 +177,74 @@ def test_the_float32_prefill_is_one_op_in_a_compiled_graph(monkeypatch):
     torch._dynamo.reset()
     torch.compile(lambda rows: kernel(rows), fullgraph=True, backend=record)(x)
     assert torch.ops.smashlib.int8_float32_gemm.default in traced
+
+
+# ====================================================================== 2-4 bits
+def four_bit_layer(out_features: int = 80, in_features: int = 256, group_size: int = 32) -> PackedLinear:
+    weight = torch.randn(out_features, in_features) * 0.05
+    quantized = gptq_quantize(weight, torch.eye(in_features), 4, group_size, act_order=False)
+    return PackedLinear.from_integers(quantized.q, quantized.scales, quantized.zeros, 4, group_size, None, None)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_4bit_kernel_equals_its_reference_and_its_weight_exactly_dequantized(rows, dtype):
+    """int4_matvec is the plain-PyTorch product of the int16 activation blocks (to float summation order) and the
+    exact product to ~1e-4; int4_dequantize rebuilds the weight bit for bit from the kernel's layout."""
+    torch.manual_seed(0)
+    q = torch.randint(0, 16, (48, 256), dtype=torch.uint8)
+    q[0], q[1] = 0, 15  # the extremes of the grid
+    scales = (torch.rand(48, 8) * 0.01 + 1e-3).to(torch.bfloat16)
+    zeros = torch.randint(0, 16, (48, 8), dtype=torch.uint8)
+    packed, kernel_scales, kernel_zeros = int8_vnni_kernel.int4_kernel_layout(q, scales, zeros)
+    weight = scales.float().repeat_interleave(32, 1) * (q.float() - zeros.float().repeat_interleave(32, 1))
+    assert torch.equal(int8_vnni_kernel.int4_dequantize(packed, kernel_scales, kernel_zeros), weight)
+    x = (torch.randn(rows, 256) * torch.linspace(0.1, 10, 256)).to(dtype)
+    y = int8_vnni_kernel.int4_matvec(x, packed, kernel_scales, kernel_zeros)
+    reference = int8_vnni_kernel.reference_int4_matvec(x, weight)
+    exact = x.float() @ weight.T
+    assert y.dtype == torch.float32 and y.shape == (rows, 48)
+    assert (y - reference).abs().max() <= 1e-6 * reference.abs().max()
+    assert (y - exact).abs().max() <= 1e-4 * exact.abs().max()
+
+
+@needs_kernel
+def test_4bit_kernel_is_one_op_under_torch_compile():
+    layer = four_bit_layer()
+    for tokens in (1, 16):  # the mat-vec op, and the dequantize op before the GEMM
+        x = torch.randn(tokens, 256)
+        eager = layer(x)
+        compiled = torch.compile(layer, fullgraph=True, backend="eager")
+        assert torch.equal(compiled(x), eager)
+    torch._dynamo.reset()
+
+
+@needs_kernel
+def test_smashed_4bit_models_decode_on_the_kernel_before_and_after_loading(tmp_path):
+    smashed = smash(build_tiny("llama"), rtn_config(gptq_weight_bits=4, gptq_group_size=32), verbose=False)
+    assert kernel_names(smashed.model) == {"int4_vnni_cpu"}
+    ids = tiny_inputs("llama")["input_ids"][:1, :4]
+    with torch.no_grad():
+        before = smashed.generate(ids, max_new_tokens=4, do_sample=False)
+    smashed.save_pretrained(tmp_path / "saved")
+    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    assert kernel_names(loaded.model) == {"int4_vnni_cpu"}
+    with torch.no_grad():
+        assert torch.equal(loaded.generate(ids, max_new_tokens=4, do_sample=False), before)
+
+
+def test_where_the_kernel_cannot_run_4bit_layers_use_pytorchs(monkeypatch):
+    monkeypatch.setitem(int8_vnni_kernel._BUILT, "int8_vnni_matvec", (None, "needs a C++ compiler (g++) to build it once"))
+    smashed = smash(build_tiny("llama"), rtn_config(gptq_weight_bits=4, gptq_group_size=32), verbose=False)
+    assert kernel_names(smashed.model) == {"int4pack_cpu"}
+
+
+def test_folders_saved_before_the_4bit_kernel_keep_pytorchs_int4_kernel():
+    """A schema-3 config with decode_kernel "auto" meant smashlib's kernel for 8-bit layers only: it loads as
+    "int8_only", so its 2-4-bit layers compute what they computed when saved."""
+    old = {"schema_version": 3, "device": "cpu", "components": {},
+           "values": {"quantizer": "gptq", "gptq_weight_bits": 4, "gptq_decode_kernel": "auto"}}
+    assert SmashConfig.from_json_dict(old)["gptq_decode_kernel"] == "int8_only"
+    old["values"]["gptq_decode_kernel"] = "weight_only"
+    assert SmashConfig.from_json_dict(old)["gptq_decode_kernel"] == "weight_only"

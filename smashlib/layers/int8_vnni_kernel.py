@@ -20,6 +20,11 @@ dispatcher as the op ``smashlib::int8_vnni_matvec`` (its C++ ``TORCH_LIBRARY``),
 what an aten op costs and ``torch.compile`` keeps it as one call. :func:`unavailable_reason` says why it
 cannot run here (not x86 with AVX2, no compiler, the build failed); 8-bit layers then use the
 weight-only kernel (smashlib.layers.lowbit_kernels).
+
+The same library holds the 2-4-bit ops (``smashlib::int4_matvec``, ``smashlib::int4_dequantize``): the same
+int16 activation blocks times ``q - zero`` of 4-bit integers packed two a byte with one bf16 scale and
+integer zero per block of 32 (:func:`int4_kernel_layout`). They live in this one source so that one build
+(one compile of 35-60 s) serves both widths.
 """
 from __future__ import annotations
 
@@ -114,6 +119,8 @@ def _build_now() -> tuple[object | None, str | None]:
             return None, reason
         stamp.write_text(_source_stamp())
     torch.library.register_fake(f"smashlib::{_OP}")(_matvec_shape)
+    torch.library.register_fake("smashlib::int4_matvec")(_int4_matvec_shape)
+    torch.library.register_fake("smashlib::int4_dequantize")(_int4_dequantize_shape)
     return getattr(torch.ops.smashlib, _OP), None
 
 
@@ -148,6 +155,45 @@ def int8_vnni_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor
 
 def _matvec_shape(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+
+def int4_matvec(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """``x`` [M, K] times a weight of up to 4 bits in the kernel's layout (:func:`int4_kernel_layout`):
+    float32 [M, N] (the op ``smashlib::int4_matvec``; activations as int16 blocks, as for 8 bits)."""
+    if _build()[0] is None:
+        raise RuntimeError(f"the int8 VNNI kernel {_build()[1]}")
+    return torch.ops.smashlib.int4_matvec(x, packed, scales, zeros)
+
+
+def int4_dequantize(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """The float32 weight [N, K] of the kernel's layout (the op ``smashlib::int4_dequantize``), for prefill's GEMMs."""
+    if _build()[0] is None:
+        raise RuntimeError(f"the int8 VNNI kernel {_build()[1]}")
+    return torch.ops.smashlib.int4_dequantize(packed, scales, zeros)
+
+
+def int4_kernel_layout(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The 4-bit kernel's layout from integers ``q`` [N, K] in [0, 15] and one scale and zero per block of 32
+    columns ([N, K / 32] each): (packed [N, K / 2] uint8, bf16 scales, uint8 zeros). Byte j of a block holds
+    q[j] in its low nibble and q[16 + j] in its high one (the kernel unpacks each half with one instruction)."""
+    rows, columns = q.shape
+    blocks = q.to(torch.uint8).reshape(rows, columns // BLOCK, 2, BLOCK // 2)
+    packed = (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(rows, columns // 2).contiguous()
+    return packed, scales.to(torch.bfloat16).contiguous(), zeros.to(torch.uint8).contiguous()
+
+
+def _int4_matvec_shape(x, packed, scales, zeros) -> torch.Tensor:
+    return x.new_empty((x.shape[0], packed.shape[0]), dtype=torch.float32)
+
+
+def _int4_dequantize_shape(packed, scales, zeros) -> torch.Tensor:
+    return packed.new_empty((packed.shape[0], packed.shape[1] * 2), dtype=torch.float32)
+
+
+def reference_int4_matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """What :func:`int4_matvec` computes, in plain PyTorch, given the dequantized ``weight`` [N, K]: the
+    activations rounded to int16 blocks exactly as for 8 bits, times the weight."""
+    return reference_matvec(x, weight, torch.ones(weight.shape[0]))
 
 
 def reference_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
