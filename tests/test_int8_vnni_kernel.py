@@ -88,15 +88,17 @@ def test_kernel_is_one_op_under_torch_compile():
 
 
 @needs_kernel
-def test_smashed_8bit_models_decode_on_the_kernel_before_and_after_loading(tmp_path):
-    smashed = smash(build_tiny("llama"), rtn_config(), verbose=False)
-    assert kernel_names(smashed.model) == {"int8_vnni_cpu"}
+@pytest.mark.parametrize("grid,kernel", [({}, "int8_vnni_cpu"),
+                                         ({"gptq_weight_bits": 4, "gptq_group_size": 32}, "int4_vnni_cpu")])
+def test_smashed_models_decode_on_the_kernel_before_and_after_loading(tmp_path, grid, kernel):
+    smashed = smash(build_tiny("llama"), rtn_config(**grid), verbose=False)
+    assert kernel_names(smashed.model) == {kernel}
     ids = tiny_inputs("llama")["input_ids"][:1, :4]
     with torch.no_grad():
         before = smashed.generate(ids, max_new_tokens=4, do_sample=False)
     smashed.save_pretrained(tmp_path / "saved")
     loaded = SmashedModel.from_pretrained(tmp_path / "saved")
-    assert kernel_names(loaded.model) == {"int8_vnni_cpu"}
+    assert kernel_names(loaded.model) == {kernel}
     with torch.no_grad():
         assert torch.equal(loaded.generate(ids, max_new_tokens=4, do_sample=False), before)
 
@@ -218,20 +220,6 @@ def test_4bit_kernel_is_one_op_under_torch_compile():
         compiled = torch.compile(layer, fullgraph=True, backend="eager")
         assert torch.equal(compiled(x), eager)
     torch._dynamo.reset()
-
-
-@needs_kernel
-def test_smashed_4bit_models_decode_on_the_kernel_before_and_after_loading(tmp_path):
-    smashed = smash(build_tiny("llama"), rtn_config(gptq_weight_bits=4, gptq_group_size=32), verbose=False)
-    assert kernel_names(smashed.model) == {"int4_vnni_cpu"}
-    ids = tiny_inputs("llama")["input_ids"][:1, :4]
-    with torch.no_grad():
-        before = smashed.generate(ids, max_new_tokens=4, do_sample=False)
-    smashed.save_pretrained(tmp_path / "saved")
-    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
-    assert kernel_names(loaded.model) == {"int4_vnni_cpu"}
-    with torch.no_grad():
-        assert torch.equal(loaded.generate(ids, max_new_tokens=4, do_sample=False), before)
 
 
 def test_where_the_kernel_cannot_run_4bit_layers_use_pytorchs(monkeypatch):

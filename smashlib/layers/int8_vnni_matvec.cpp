@@ -17,6 +17,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <utility>
 
 namespace {
 
@@ -38,6 +39,21 @@ void quantize_blocks(const T* x, int64_t M, int64_t K, int16_t* a, float* d) {
       for (int64_t i = 0; i < kBlock; ++i) a[m * K + b * kBlock + i] = static_cast<int16_t>(std::nearbyint(xb[i] * inverse));
     }
   }
+}
+
+// The activations of x [M, K] (float32, bf16, or anything converted to float32) as int16 blocks: (a, d).
+std::pair<torch::Tensor, torch::Tensor> activation_blocks(const torch::Tensor& x_in) {
+  const auto x = (x_in.scalar_type() == torch::kFloat32 || x_in.scalar_type() == torch::kBFloat16)
+                     ? x_in.contiguous() : x_in.to(torch::kFloat32).contiguous();
+  const int64_t M = x.size(0), K = x.size(1);
+  auto a = torch::empty({M, K}, torch::kInt16);
+  auto d = torch::empty({M, K / kBlock}, torch::kFloat32);
+  if (x.scalar_type() == torch::kBFloat16) {
+    quantize_blocks(x.data_ptr<at::BFloat16>(), M, K, a.data_ptr<int16_t>(), d.data_ptr<float>());
+  } else {
+    quantize_blocks(x.data_ptr<float>(), M, K, a.data_ptr<int16_t>(), d.data_ptr<float>());
+  }
+  return {a, d};
 }
 
 // acc + the pairwise int16 products of w and a, summed exactly in int32 (int8 weights: no pair overflows).
@@ -65,16 +81,8 @@ torch::Tensor int8_vnni_matvec(const torch::Tensor& x_in, const torch::Tensor& w
   TORCH_CHECK(scales.scalar_type() == torch::kFloat32 && scales.is_contiguous() && scales.numel() == weight.size(0),
               "int8_vnni_matvec: scales must be contiguous float32 [N]");
   TORCH_CHECK(x_in.size(1) % kBlock == 0, "int8_vnni_matvec: K must be a multiple of 32");
-  const auto x = (x_in.scalar_type() == torch::kFloat32 || x_in.scalar_type() == torch::kBFloat16)
-                     ? x_in.contiguous() : x_in.to(torch::kFloat32).contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0), blocks = K / kBlock;
-  auto a = torch::empty({M, K}, torch::kInt16);
-  auto d = torch::empty({M, blocks}, torch::kFloat32);
-  if (x.scalar_type() == torch::kBFloat16) {
-    quantize_blocks(x.data_ptr<at::BFloat16>(), M, K, a.data_ptr<int16_t>(), d.data_ptr<float>());
-  } else {
-    quantize_blocks(x.data_ptr<float>(), M, K, a.data_ptr<int16_t>(), d.data_ptr<float>());
-  }
+  const int64_t M = x_in.size(0), K = x_in.size(1), N = weight.size(0), blocks = K / kBlock;
+  const auto [a, d] = activation_blocks(x_in);
   auto y = torch::empty({M, N}, torch::kFloat32);
   const int8_t* W = weight.data_ptr<int8_t>();
   const int16_t* A = a.data_ptr<int16_t>();
@@ -143,15 +151,7 @@ torch::Tensor int4_matvec(const torch::Tensor& x_in, const torch::Tensor& packed
   const int64_t M = x_in.size(0), K = x_in.size(1), blocks = K / kBlock;
   check_int4(packed, scales, zeros, K);
   const int64_t N = packed.size(0);
-  const auto x = (x_in.scalar_type() == torch::kFloat32 || x_in.scalar_type() == torch::kBFloat16)
-                     ? x_in.contiguous() : x_in.to(torch::kFloat32).contiguous();
-  auto a = torch::empty({M, K}, torch::kInt16);
-  auto d = torch::empty({M, blocks}, torch::kFloat32);
-  if (x.scalar_type() == torch::kBFloat16) {
-    quantize_blocks(x.data_ptr<at::BFloat16>(), M, K, a.data_ptr<int16_t>(), d.data_ptr<float>());
-  } else {
-    quantize_blocks(x.data_ptr<float>(), M, K, a.data_ptr<int16_t>(), d.data_ptr<float>());
-  }
+  const auto [a, d] = activation_blocks(x_in);
   auto y = torch::empty({M, N}, torch::kFloat32);
   const uint8_t* P = packed.data_ptr<uint8_t>();
   const at::BFloat16* S = scales.data_ptr<at::BFloat16>();
