@@ -144,13 +144,18 @@ def unavailable_reason() -> str | None:
     return _build()[1]
 
 
-def int8_vnni_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``x`` [M, K] (float32 or bf16) times the int8 ``weight`` [N, K] with one float32 ``scales`` [N] per
-    row: float32 [M, N] (the op ``smashlib::int8_vnni_matvec``)."""
+def _op(name: str):
+    """The library's op ``smashlib::<name>``, built first if need be; RuntimeError saying why if it cannot be."""
     op, reason = _build()
     if op is None:
         raise RuntimeError(f"the int8 VNNI kernel {reason}")
-    return op(x, weight, scales)
+    return getattr(torch.ops.smashlib, name)
+
+
+def int8_vnni_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``x`` [M, K] (float32 or bf16) times the int8 ``weight`` [N, K] with one float32 ``scales`` [N] per
+    row: float32 [M, N] (the op ``smashlib::int8_vnni_matvec``)."""
+    return _op(_OP)(x, weight, scales)
 
 
 def _matvec_shape(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -160,16 +165,12 @@ def _matvec_shape(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -
 def int4_matvec(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
     """``x`` [M, K] times a weight of up to 4 bits in the kernel's layout (:func:`int4_kernel_layout`):
     float32 [M, N] (the op ``smashlib::int4_matvec``; activations as int16 blocks, as for 8 bits)."""
-    if _build()[0] is None:
-        raise RuntimeError(f"the int8 VNNI kernel {_build()[1]}")
-    return torch.ops.smashlib.int4_matvec(x, packed, scales, zeros)
+    return _op("int4_matvec")(x, packed, scales, zeros)
 
 
 def int4_dequantize(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
     """The float32 weight [N, K] of the kernel's layout (the op ``smashlib::int4_dequantize``), for prefill's GEMMs."""
-    if _build()[0] is None:
-        raise RuntimeError(f"the int8 VNNI kernel {_build()[1]}")
-    return torch.ops.smashlib.int4_dequantize(packed, scales, zeros)
+    return _op("int4_dequantize")(packed, scales, zeros)
 
 
 def int4_kernel_layout(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, ...]:

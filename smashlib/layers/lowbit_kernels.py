@@ -92,13 +92,15 @@ DECODE_INT8_ONLY = "int8_only"
 DECODE_KERNELS = (DECODE_AUTO, DECODE_WEIGHT_ONLY, DECODE_INT8_ONLY)
 
 
-def _smashlib_kernel_runs(layer: PackedLinear, otherwise: str) -> bool:
+def _smashlib_kernel_runs(layer: PackedLinear, otherwise: str, whole_groups: bool = False) -> bool:
     """Whether smashlib's kernels (smashlib.layers.int8_vnni_kernel, built on the first call) run ``layer``: its
-    input size in whole blocks of 32 and the library built here; if it cannot be built, ``otherwise`` and the
-    reason are logged once."""
+    input size (and with ``whole_groups`` its stored groups, whose scales the 4-bit kernel reads per block) in
+    whole blocks of 32, and the library built here; if it cannot be built, ``otherwise`` and the reason are
+    logged once."""
     from smashlib.layers import int8_vnni_kernel
 
-    if layer.in_features % int8_vnni_kernel.BLOCK:
+    sizes = (layer.in_features, layer.stored_group_size) if whole_groups else (layer.in_features,)
+    if any(size % int8_vnni_kernel.BLOCK for size in sizes):
         return False
     reason = int8_vnni_kernel.unavailable_reason()
     if reason is not None:
@@ -118,9 +120,8 @@ class Int4PackCPU:
     @staticmethod
     def kernel_group(layer: PackedLinear) -> int | None:
         """The largest group size the kernel takes whose groups each lie in one stored group."""
-        stored = layer.in_features if layer.group_size == -1 else layer.group_size
         for size in INT4_KERNEL_GROUPS:
-            if layer.in_features % size == 0 and stored % size == 0:
+            if layer.in_features % size == 0 and layer.stored_group_size % size == 0:
                 return size
         return None
 
@@ -135,9 +136,8 @@ class Int4PackCPU:
     def __init__(self, layer: PackedLinear) -> None:
         self.group = self.kernel_group(layer)
         q, zeros = layer.integers()
-        stored = layer.in_features if layer.group_size == -1 else layer.group_size
-        # kernel group c covers stored columns [c * group, (c + 1) * group): all in stored group c * group // stored
-        which = torch.arange(0, layer.in_features, self.group) // stored
+        # kernel group c covers stored columns [c * group, (c + 1) * group): all in the stored group of its first
+        which = layer.column_groups()[:: self.group]
         self.weight, self.scales_and_zeros = int4_cpu_pack(q, layer.scales[:, which], zeros[:, which])
         self.perm = layer.perm.long() if layer.perm is not None else None
         self.bias = layer.bias
@@ -160,18 +160,16 @@ class Int4VnniCPU:
 
     @staticmethod
     def fits(layer: PackedLinear) -> bool:
-        stored = layer.in_features if layer.group_size == -1 else layer.group_size
-        if not (layer.qweight.device.type == "cpu" and layer.bits <= 4 and stored % 32 == 0
+        if not (layer.qweight.device.type == "cpu" and layer.bits <= 4
                 and getattr(layer, "decode_kernel", DECODE_AUTO) == DECODE_AUTO):
             return False
-        return _smashlib_kernel_runs(layer, "2-4-bit layers run PyTorch's int4 kernel")
+        return _smashlib_kernel_runs(layer, "2-4-bit layers run PyTorch's int4 kernel", whole_groups=True)
 
     def __init__(self, layer: PackedLinear) -> None:
         from smashlib.layers.int8_vnni_kernel import BLOCK, int4_kernel_layout
 
         q, zeros = layer.integers()
-        stored = layer.in_features if layer.group_size == -1 else layer.group_size
-        which = torch.arange(0, layer.in_features, BLOCK) // stored  # the stored group of each block of 32
+        which = layer.column_groups()[::BLOCK]  # the stored group of each block of 32 columns
         self.packed, self.scales, self.zeros = int4_kernel_layout(q, layer.scales[:, which], zeros[:, which])
         self.perm = layer.perm.long() if layer.perm is not None else None
         self.bias = layer.bias

@@ -163,10 +163,14 @@ class PackedLinear(QuantizedLinear):
         groups = self.scales.shape[1]
         return unpack_bits(self.qweight, self.bits, self.in_features), unpack_bits(self.qzeros, self.bits, groups)
 
+    @property
+    def stored_group_size(self) -> int:
+        """The columns of one stored group (the whole row when ``group_size`` is -1)."""
+        return self.in_features if self.group_size == -1 else self.group_size
+
     def column_groups(self) -> torch.Tensor:
         """The group of each stored column."""
-        size = self.in_features if self.group_size == -1 else self.group_size
-        return torch.arange(self.in_features, device=self.qweight.device) // size
+        return torch.arange(self.in_features, device=self.qweight.device) // self.stored_group_size
 
     def dequantize_stored(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight [out, in] in stored column order (the act-order permutation not undone)."""
