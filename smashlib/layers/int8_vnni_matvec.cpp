@@ -134,13 +134,18 @@ static void check_int4(const torch::Tensor& packed, const torch::Tensor& scales,
 
 static inline float bf16_to_float(const at::BFloat16 value) { return static_cast<float>(value); }
 
-// The int32 pair sums (8 lanes) of one block: its 32 weights q - zero times the block's 32 int16 activations.
-static inline __m256i int4_block_sums(const uint8_t* block, uint8_t zero_point, const int16_t* activations) {
-  // one widening of the 16 bytes to 16-bit lanes, then each lane's low nibble (q[j]) and high nibble (q[16 + j])
+// One block's 32 weights q - zero as two vectors of 16 int16 lanes (exact small integers), in column order:
+// one widening of the 16 bytes to 16-bit lanes, then each lane's low nibble (q[j]) and high nibble (q[16 + j]).
+static inline std::pair<__m256i, __m256i> int4_block_weights(const uint8_t* block, uint8_t zero_point) {
   const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
   const __m256i zero = _mm256_set1_epi16(static_cast<int16_t>(zero_point));
-  const __m256i w0 = _mm256_sub_epi16(_mm256_and_si256(bytes, _mm256_set1_epi16(0x0F)), zero);
-  const __m256i w1 = _mm256_sub_epi16(_mm256_srli_epi16(bytes, 4), zero);
+  return {_mm256_sub_epi16(_mm256_and_si256(bytes, _mm256_set1_epi16(0x0F)), zero),
+          _mm256_sub_epi16(_mm256_srli_epi16(bytes, 4), zero)};
+}
+
+// The int32 pair sums (8 lanes) of one block: its 32 weights q - zero times the block's 32 int16 activations.
+static inline __m256i int4_block_sums(const uint8_t* block, uint8_t zero_point, const int16_t* activations) {
+  const auto [w0, w1] = int4_block_weights(block, zero_point);
   const __m256i sums = add_pair_products(_mm256_setzero_si256(), w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(activations)));
   return add_pair_products(sums, w1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(activations + 16)));
 }
@@ -207,12 +212,9 @@ torch::Tensor int4_dequantize(const torch::Tensor& packed, const torch::Tensor& 
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t b = 0; b < blocks; ++b) {
-        // as in int4_block_sums: 16 bytes widened to 16-bit lanes, low and high nibbles minus the zero point
-        // (exact small integers), then to float and times the scale: 32 weights in a few instructions
-        const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(P + n * (K / 2) + b * (kBlock / 2))));
-        const __m256i zero = _mm256_set1_epi16(static_cast<int16_t>(Z[n * blocks + b]));
-        const __m256i halves[2] = {_mm256_sub_epi16(_mm256_and_si256(bytes, _mm256_set1_epi16(0x0F)), zero),
-                                   _mm256_sub_epi16(_mm256_srli_epi16(bytes, 4), zero)};
+        // the block's q - zero as the mat-vec unpacks it, then to float and times the scale
+        const auto [w0, w1] = int4_block_weights(P + n * (K / 2) + b * (kBlock / 2), Z[n * blocks + b]);
+        const __m256i halves[2] = {w0, w1};
         const __m256 scale = _mm256_set1_ps(bf16_to_float(S[n * blocks + b]));
         float* wb = W + n * K + b * kBlock;
         for (int half = 0; half < 2; ++half) {
