@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from smashlib.targets import is_nn_linear
 from smashlib.time_limit import check_time_limit
 
 #: Relative change of the model's outputs (max |after - before| / max |before|) above which a fold is
@@ -112,7 +113,7 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 def _output_channels(source: nn.Module) -> int | None:
-    if type(source) is nn.Linear:
+    if is_nn_linear(source):
         return source.out_features
     if _is_norm(source):
         return source.weight.numel()
@@ -241,7 +242,7 @@ def _scale_fold(fold: Fold, scales: torch.Tensor) -> None:
     """Divide the source's output channels by ``scales`` and multiply the targets' input channels."""
     source = fold.source
     divide = (1.0 / scales).to(source.weight.device)
-    if type(source) is nn.Linear:
+    if is_nn_linear(source):
         source.weight.mul_(divide[:, None].to(source.weight.dtype))
     else:
         source.weight.mul_(divide.to(source.weight.dtype))

@@ -39,7 +39,8 @@ Public API (stable; other algorithms build on it)::
     normalize_target_value(value, key)             -> preset str or {"include": [...], "exclude": [...]}
     resolve_targets(model, value, accept=is_linear) -> list of module names, in model order
     check_targets(model, value, accept, algorithm) -> raises before anything is modified
-    is_linear(module), is_nn_linear(module), output_head_names(model), tied_embeddings(model, names)
+    is_linear(module), is_nn_linear(module), as_plain_linears(model, names), PLAIN_LINEAR_SUBCLASSES
+    output_head_names(model), tied_embeddings(model, names)
 """
 from __future__ import annotations
 
@@ -253,16 +254,47 @@ def _conv1d_type() -> type | None:
     return Conv1D
 
 
+#: nn.Linear subclasses of transformers models that compute exactly what nn.Linear does (``x @ W.T + b``,
+#: weight (out, in)) and are therefore quantized like one: Falcon's FalconLinear only adds the bias after
+#: the product instead of inside it. By qualified name, so that checking needs no import of the model code.
+PLAIN_LINEAR_SUBCLASSES = frozenset({"transformers.models.falcon.modeling_falcon.FalconLinear"})
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def is_nn_linear(module: nn.Module) -> bool:
-    """A plain nn.Linear, by exact type (torchao and quanto take only these)."""
+    """A plain nn.Linear by exact type, or one of the :data:`PLAIN_LINEAR_SUBCLASSES`; never another
+    subclass (bitsandbytes', quanto's and other quantized layers subclass nn.Linear)."""
     from torch import nn
 
-    return type(module) is nn.Linear
+    cls = type(module)
+    return cls is nn.Linear or (issubclass(cls, nn.Linear) and _qualified_name(cls) in PLAIN_LINEAR_SUBCLASSES)
+
+
+def as_plain_linears(model: nn.Module, names: Iterable[str]) -> None:
+    """Put a plain nn.Linear holding the same parameters where a :data:`PLAIN_LINEAR_SUBCLASSES` layer is, for
+    libraries that quantize in place and then run the module's own forward (torchao's weight tensors
+    implement ``F.linear``, not FalconLinear's ``x @ W.T``). The parameters are shared, not copied."""
+    from torch import nn
+
+    for name in names:
+        module = model.get_submodule(name)
+        if type(module) is nn.Linear or not is_nn_linear(module):
+            continue
+        plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+        plain.weight = module.weight
+        plain.bias = module.bias
+        plain.train(module.training)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, plain)
 
 
 def is_linear(module: nn.Module) -> bool:
-    """The one "is this a linear layer" test: a plain nn.Linear or a transformers Conv1D (GPT-2's layers), by
-    exact type, so a quantized layer subclassing nn.Linear (bitsandbytes') is never taken for one."""
+    """The one "is this a linear layer" test: a plain nn.Linear (:func:`is_nn_linear`) or a transformers Conv1D
+    (GPT-2's layers), by exact type, so a quantized layer subclassing nn.Linear (bitsandbytes') is never taken
+    for one."""
     return is_nn_linear(module) or (type(module) is _conv1d_type() and _conv1d_type() is not None)
 
 

@@ -14,7 +14,7 @@ import torch
 from smashlib import SmashConfig, registry, smash
 from tests.tiny_models import build_tiny, tiny_inputs
 
-DECODERS = ["llama", "gemma3", "qwen2", "qwen3", "mistral", "phi3", "gpt2", "opt"]
+DECODERS = ["llama", "gemma3", "gemma2", "qwen2", "qwen3", "mistral", "phi3", "phi", "gpt2", "opt", "gpt_neox", "falcon", "bloom"]
 FAMILIES = [*DECODERS, "bert"]
 #: quantizer label -> (SmashConfig values, bound, families it claims). "all_linear" where the algorithm
 #: allows it, so tied heads (Llama, Gemma 3, Qwen) are quantized and the tie is exercised.
@@ -53,3 +53,70 @@ def test_gemma3_tied_head_keeps_the_embedding_scale():
     smashed = smash(build_tiny("gemma3"), SmashConfig(QUANTIZERS["gptq"][0], device="cpu"), verbose=False)
     embedding = smashed.model.get_input_embeddings()
     assert type(embedding).__name__ == "PackedEmbedding" and embedding.embed_scale == pytest.approx(8.0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tests.tiny_models import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_calibrated_gptq_packs_every_block_layer_and_reloads_exactly(family, tokenizer, tmp_path):
+    """GPTQ on data runs each family's blocks on the captured inputs of the first (masks, rotary, ALiBi, ...),
+    packs every linear layer of every block, and a saved model loads back into the same layers and logits."""
+    from smashlib import SmashedModel
+    from smashlib.gptq.layerwise import block_layer_names, find_layout
+    from smashlib.layers.packed_int import PackedLinear
+
+    model, inputs = build_tiny(family), tiny_inputs(family)
+    block_layers = {name for names in block_layer_names(model, find_layout(model)) for name in names}
+    config = SmashConfig({
+        "quantizer": "gptq", "gptq_calibration_samples": 8, "gptq_sequence_length": 128,
+        "gptq_sensitive_layers_precision": "int8", "gptq_target_modules": "all_but_output_head",
+    }, device="cpu")
+    config.add_tokenizer(tokenizer)
+    config.add_data("PydocTopics")
+    smashed = smash(model, config, verbose=False)
+    packed = {name for name, module in smashed.model.named_modules() if isinstance(module, PackedLinear)}
+    assert packed == block_layers and len(packed) >= 8
+    with torch.no_grad():
+        before = smashed(**inputs).logits
+    smashed.save_pretrained(tmp_path / "saved")
+    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, before)
+
+
+def test_falcon_linear_layers_are_quantized_as_plain_linears(tmp_path):
+    """FalconLinear subclasses nn.Linear to add its bias after the product: targeted like nn.Linear, and
+    handed to torchao as a plain nn.Linear on the same parameters (torchao's weights implement F.linear),
+    at smash time and when loading."""
+    from smashlib import SmashedModel
+    from smashlib.targets import is_linear, is_nn_linear
+
+    model = build_tiny("falcon")
+    layer = model.transformer.h[0].mlp.dense_h_to_4h
+    assert type(layer).__name__ == "FalconLinear" and is_nn_linear(layer) and is_linear(layer)
+    config = SmashConfig(QUANTIZERS["torchao"][0], device="cpu")
+    if registry.get_algorithm("torchao").missing_packages():
+        pytest.skip("torchao is not installed")
+    smashed = smash(model, config, verbose=False)
+    assert type(smashed.model.transformer.h[0].mlp.dense_h_to_4h) is torch.nn.Linear
+    inputs = tiny_inputs("falcon")
+    with torch.no_grad():
+        before = smashed(**inputs).logits
+    smashed.save_pretrained(tmp_path / "saved")
+    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, before)
+
+
+def test_quantized_nn_linear_subclasses_are_never_taken_for_plain_ones():
+    from smashlib.targets import is_nn_linear
+
+    class Quantized(torch.nn.Linear):  # what bitsandbytes' and quanto's layers look like
+        pass
+
+    assert not is_nn_linear(Quantized(4, 4)) and is_nn_linear(torch.nn.Linear(4, 4))

@@ -46,6 +46,39 @@ def _phi3():
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
+def _phi():
+    """Phi (phi-1/2): a partial rotary, a parallel attention + MLP block, its final norm named final_layernorm."""
+    config = transformers.PhiConfig(**_DECODER, pad_token_id=0)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _gemma2():
+    """Gemma 2: logit soft-capping, sliding-window layers, norms after attention and MLP too."""
+    config = transformers.Gemma2Config(**_DECODER, head_dim=16, sliding_window=16, tie_word_embeddings=True)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _gpt_neox():
+    """GPT-NeoX (Pythia): blocks under gpt_neox.layers, fused query_key_value, an untied embed_out head."""
+    config = transformers.GPTNeoXConfig(**_DECODER, rotary_pct=0.25, tie_word_embeddings=False)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _falcon():
+    """Falcon: FalconLinear layers (nn.Linear subclasses), blocks under transformer.h, grouped KV heads."""
+    config = transformers.FalconConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2, vocab_size=256,
+        new_decoder_architecture=True, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+    )
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _bloom():
+    """BLOOM: ALiBi positions (no rotary), an embedding layer norm, blocks under transformer.h."""
+    config = transformers.BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=256, bos_token_id=1, eos_token_id=2)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
 def _opt():
     config = transformers.OPTConfig(
         hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
@@ -88,7 +121,10 @@ def _whisper():
 
 TINY_MODEL_BUILDERS = {"llama": _llama, "gpt2": _gpt2, "bert": _bert, "t5": _t5, "whisper": _whisper}
 #: Decoder families the weight quantizers claim, beyond the models above (tests/test_families.py).
-FAMILY_BUILDERS = {"gemma3": _gemma3, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "phi3": _phi3, "opt": _opt}
+FAMILY_BUILDERS = {
+    "gemma3": _gemma3, "gemma2": _gemma2, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "phi3": _phi3,
+    "phi": _phi, "opt": _opt, "gpt_neox": _gpt_neox, "falcon": _falcon, "bloom": _bloom,
+}
 
 
 def build_tiny(name: str) -> torch.nn.Module:

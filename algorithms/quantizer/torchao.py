@@ -21,7 +21,7 @@ from torch import nn
 from smashlib.errors import HyperparameterValueError, UnsupportedDeviceError, UnsupportedModelError
 from smashlib.layers.flat_subclass_state import keep_state_flat
 from smashlib.module_swap import NnLinearQuantizer
-from smashlib.targets import target_modules_hyperparameter
+from smashlib.targets import as_plain_linears, target_modules_hyperparameter
 
 #: quant_type -> (devices it runs on, what it does)
 QUANT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -128,6 +128,7 @@ class TorchAO(NnLinearQuantizer):
         names = set(self.target_names(model, settings))
         self._check_dtype(model, settings, names)
         q = import_torchao()
+        as_plain_linears(model, names)  # torchao's weights implement F.linear, not FalconLinear's x @ W.T
         q.quantize_(
             model, torchao_config(settings["quant_type"], int(settings["group_size"])),
             filter_fn=lambda module, fqn: fqn in names,

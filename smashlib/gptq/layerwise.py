@@ -41,9 +41,15 @@ class Layout:
 
 
 LAYOUTS: tuple[Layout, ...] = (
-    Layout("Llama-like (Llama, Mistral, Qwen2, SmolLM2, Phi-3...: model.model.layers)", "model.layers", ("model.norm",)),
+    # the tail lists every module that may sit between the last block and the head; those a model lacks
+    # are skipped (Phi calls its final norm final_layernorm, the others norm)
+    Layout(
+        "Llama-like (Llama, Mistral, Qwen2/3, Gemma, Phi, SmolLM2...: model.model.layers)", "model.layers",
+        ("model.norm", "model.final_layernorm"),
+    ),
     Layout("OPT (model.model.decoder.layers)", "model.decoder.layers", ("model.decoder.final_layer_norm", "model.decoder.project_out")),
-    Layout("GPT-2 (model.transformer.h)", "transformer.h", ("transformer.ln_f",)),
+    Layout("GPT-2-like (GPT-2, GPT-J, Falcon, BLOOM: model.transformer.h)", "transformer.h", ("transformer.ln_f",)),
+    Layout("GPT-NeoX (Pythia: model.gpt_neox.layers)", "gpt_neox.layers", ("gpt_neox.final_layer_norm",)),
 )
 
 

@@ -16,8 +16,9 @@ from torch import nn
 from smashlib.gptq.layerwise import Layout, block_layer_names
 
 #: Endings of the full names of the sensitive layers: Llama-like and OPT (v_proj, down_proj / fc2), GPT-2
-#: (mlp.c_proj; its value projection is fused into c_attn with the queries and keys, which stay as they are).
-SENSITIVE_ENDINGS = (".self_attn.v_proj", ".mlp.down_proj", ".fc2", ".mlp.c_proj")
+#: (mlp.c_proj; its value projection is fused into c_attn with the queries and keys, which stay as they are),
+#: GPT-NeoX and Falcon (mlp.dense_4h_to_h; their values are fused into query_key_value likewise).
+SENSITIVE_ENDINGS = (".self_attn.v_proj", ".mlp.down_proj", ".fc2", ".mlp.c_proj", ".mlp.dense_4h_to_h")
 
 
 def more_bits(index: int, blocks: int) -> bool:

@@ -53,7 +53,7 @@ def reduce_range() -> bool:
 
 def _weight_of(linear: nn.Module) -> torch.Tensor:
     """The (out_features, in_features) weight of an nn.Linear or a Conv1D."""
-    return linear.weight if type(linear) is nn.Linear else linear.weight.t()
+    return linear.weight if isinstance(linear, nn.Linear) else linear.weight.t()
 
 
 class _Float32Scales(nn.Module):

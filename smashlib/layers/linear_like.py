@@ -3,7 +3,8 @@
 Quantizers that swap these layers for their own ask the same questions of both: their sizes, and the
 weight in ``nn.Linear``'s (out_features, in_features) orientation. Which layers are linear-like is
 :func:`smashlib.targets.is_linear` (exact types: a quantized layer that subclasses ``nn.Linear``, as
-bitsandbytes' do, is never taken for a plain one and quantized twice).
+bitsandbytes' do, is never taken for a plain one and quantized twice; the subclasses that compute a plain
+product, such as Falcon's, are). Orientation is told by ``isinstance(module, nn.Linear)``: Conv1D is not one.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ is_linear_like = is_linear
 
 def linear_sizes(module: nn.Module) -> tuple[int, int, bool]:
     """(in_features, out_features, has_bias) of a linear-like layer."""
-    if type(module) is nn.Linear:
+    if isinstance(module, nn.Linear):
         return module.in_features, module.out_features, module.bias is not None
     in_features, out_features = module.weight.shape  # Conv1D stores (in, out)
     return in_features, out_features, module.bias is not None
@@ -27,4 +28,4 @@ def linear_sizes(module: nn.Module) -> tuple[int, int, bool]:
 def linear_weight(module: nn.Module) -> torch.Tensor:
     """The weight as nn.Linear holds it, (out_features, in_features), detached."""
     weight = module.weight.detach()
-    return weight if type(module) is nn.Linear else weight.t().contiguous()
+    return weight if isinstance(module, nn.Linear) else weight.t().contiguous()

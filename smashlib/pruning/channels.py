@@ -13,7 +13,8 @@ from smashlib.layers.linear_like import is_linear_like, linear_weight
 
 
 def _is_linear(layer: nn.Module) -> bool:
-    return type(layer) is nn.Linear
+    """nn.Linear orientation (weight (out, in)): nn.Linear and its subclasses; Conv1D is not one."""
+    return isinstance(layer, nn.Linear)
 
 
 def keep_outputs(layer: nn.Module, index: torch.Tensor) -> None:
