@@ -51,6 +51,7 @@ from smashlib.errors import (
     UnknownNameError,
     UnsupportedModelError,
 )
+from smashlib.layers.expert_linears import has_split_experts, split_experts
 from smashlib.manifest import FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, read_manifest
 from smashlib.skeleton import TRANSFORMERS, build_skeleton, describe_model, model_class, save_custom_code
 
@@ -148,6 +149,8 @@ def tensor_owners(model: torch.nn.Module, config: SmashConfig) -> dict[str, list
             stacklevel=4,
         )
         return None
+    if has_split_experts(model):
+        split_experts(skeleton)
     specs = _specs(skeleton)
     owners: dict[str, str] = {}
     with torch.device("meta"):
@@ -769,6 +772,8 @@ def load_smashed_model(
         model = build_skeleton(cls, model_config, description.get("attn_implementation"))
     elif not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"model= takes a torch.nn.Module with the smashed model's architecture, not {type(model).__name__}.")
+    if saved["model"].get("split_experts"):  # smash() split them before its algorithms ran: so here
+        split_experts(model)
     check_header_fits(model, shapes, owners, any(a.saves_state for a in checked), folder, weights)
     # on the meta device, layers an algorithm creates hold no memory until the saved tensors are assigned:
     # allocating them for real (zeros) only to throw them away cost 3 of SmolLM2's 4 s of loading

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from smashlib.errors import SmashedModelLoadError
+from smashlib.layers.expert_linears import has_split_experts
 
 #: How a saved model's class is found again: an attribute of transformers, custom code shipped in the
 #: folder (transformers' auto_map), or a plain torch module the user rebuilds and passes as ``model=``.
@@ -65,6 +66,8 @@ def describe_model(model: torch.nn.Module) -> dict[str, Any]:
         "dtype": dtype_name(model),
         # the Hub id it came from, for the model card's base_model (a local path is not recorded: it is private)
         "source": _hub_id(getattr(config, "_name_or_path", None)),
+        # smash() gave each MoE expert its own linear layers (smashlib.layers.expert_linears): so must loading
+        **({"split_experts": True} if has_split_experts(model) else {}),
     }
 
 

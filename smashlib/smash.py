@@ -7,6 +7,7 @@ import torch
 
 from smashlib.config import SmashConfig
 from smashlib.errors import SmashError, UnsupportedModelError
+from smashlib.layers.expert_linears import SplitExperts, split_experts
 from smashlib.model import SmashedModel
 from smashlib.progress import progress, quiet
 
@@ -27,6 +28,17 @@ def check_before_smashing(model: Any, config: SmashConfig) -> None:
         algorithm.check_targets(model, config.settings_for(algorithm))
 
 
+def split_experts_for(model: Any, config: SmashConfig) -> SplitExperts:
+    """Give each MoE expert its own linear layers when an algorithm works layer by layer (has
+    ``target_modules``), so that it reaches the experts, which hold most of a MoE model's weights
+    (smashlib.layers.expert_linears); exact, and undone if a check fails. Done before the checks, so that
+    ``target_modules`` patterns are checked against the layers the algorithms will see."""
+    layer_wise = any(algorithm.has_target_modules() for algorithm in config.chosen_algorithms())
+    if not layer_wise or not isinstance(model, torch.nn.Module) or isinstance(model, SmashedModel):
+        return SplitExperts()
+    return split_experts(model)
+
+
 def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True, report: bool = False) -> SmashedModel:
     """Apply ``config``'s algorithms to ``model`` and return it wrapped in a :class:`SmashedModel`.
 
@@ -35,7 +47,12 @@ def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True, rep
     ``report=True`` keeps a copy of the original, compares it with the result on the config's attached
     data and prints the table (also kept as ``smashed.report``; see smashlib.evaluation).
     """
-    check_before_smashing(model, config)
+    experts = split_experts_for(model, config)
+    try:
+        check_before_smashing(model, config)
+    except BaseException:
+        experts.restore()  # a bad config leaves the model as it was
+        raise
     first = next(iter(model.parameters()), None)
     if first is not None and first.device.type != config.device:
         model = model.to(config.device)

@@ -57,8 +57,12 @@ if TYPE_CHECKING:
     from torch import nn
 
 #: Linears reading activations with outlier channels: the MLP down projections (Llama's down_proj,
-#: OPT/Whisper's fc2, T5's wo, BERT's FFN output.dense, GPT-2's mlp.c_proj).
-OUTLIER_LAYERS = r"(^|\.)(down_proj|fc2|wo|dense_4h_to_h)$|(^|\.)mlp\.c_proj$|(^|\.)layer\.\d+\.output\.dense$"
+#: OPT/Whisper's fc2, T5's wo, BERT's FFN output.dense, GPT-2's mlp.c_proj, GPT-NeoX/Falcon's dense_4h_to_h,
+#: and a MoE expert's down projection, ``experts.down_proj.<expert>`` once smashlib.layers.expert_linears split it).
+OUTLIER_LAYERS = (
+    r"(^|\.)(down_proj|fc2|wo|dense_4h_to_h)$|(^|\.)experts\.down_proj\.\d+$|(^|\.)mlp\.c_proj$"
+    r"|(^|\.)layer\.\d+\.output\.dense$"
+)
 
 #: Named groups usable as patterns; each is resolved against the model, not against the name alone.
 NAMED_GROUPS = ("@output_head", "@outlier_layers")

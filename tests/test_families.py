@@ -14,7 +14,8 @@ import torch
 from smashlib import SmashConfig, registry, smash
 from tests.tiny_models import build_tiny, tiny_inputs
 
-DECODERS = ["llama", "gemma3", "gemma2", "qwen2", "qwen3", "mistral", "phi3", "phi", "gpt2", "opt", "gpt_neox", "falcon", "bloom"]
+DECODERS = ["llama", "gemma3", "gemma2", "qwen2", "qwen3", "mistral", "phi3", "phi", "gpt2", "opt", "gpt_neox", "falcon", "bloom",
+            "mixtral", "qwen2_moe", "gpt_oss"]
 FAMILIES = [*DECODERS, "bert"]
 #: quantizer label -> (SmashConfig values, bound, families it claims). "all_linear" where the algorithm
 #: allows it, so tied heads (Llama, Gemma 3, Qwen) are quantized and the tie is exercised.
@@ -68,9 +69,11 @@ def test_calibrated_gptq_packs_every_block_layer_and_reloads_exactly(family, tok
     packs every linear layer of every block, and a saved model loads back into the same layers and logits."""
     from smashlib import SmashedModel
     from smashlib.gptq.layerwise import block_layer_names, find_layout
+    from smashlib.layers.expert_linears import split_experts
     from smashlib.layers.packed_int import PackedLinear
 
     model, inputs = build_tiny(family), tiny_inputs(family)
+    split_experts(model)  # what smash() does first on a MoE model: its experts are block layers too
     block_layers = {name for names in block_layer_names(model, find_layout(model)) for name in names}
     config = SmashConfig({
         "quantizer": "gptq", "gptq_calibration_samples": 8, "gptq_sequence_length": 128,

@@ -438,6 +438,9 @@ def test_the_sensitive_blocks_follow_llama_cpps_rule():
     ("gpt2", {"transformer.h.1.mlp.c_proj"}),
     ("opt", {"model.decoder.layers.1.self_attn.v_proj", "model.decoder.layers.1.fc2"}),
     ("gpt_neox", {"gpt_neox.layers.1.mlp.dense_4h_to_h"}),
+    # MoE: every expert's down projection (llama.cpp's ffn_down_exps) and the shared expert's
+    ("qwen2_moe", {"model.layers.1.self_attn.v_proj", "model.layers.1.mlp.shared_expert.down_proj",
+                   *(f"model.layers.1.mlp.experts.down_proj.{expert}" for expert in range(4))}),
 ])
 def test_sensitive_layers_at_8_bits_in_every_family_save_and_load_exactly(name, sensitive, tokenizer, tmp_path):
     values = {"gptq_sensitive_layers_precision": "int8", "gptq_desc_act": name != "gpt2"}

@@ -79,6 +79,30 @@ def _bloom():
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
+def _mixtral():
+    """Mixtral: a sparse MoE block whose experts transformers 5 fuses into 3-D gate_up_proj/down_proj weights."""
+    config = transformers.MixtralConfig(**_DECODER, num_local_experts=4, num_experts_per_tok=2, pad_token_id=0)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _qwen2_moe():
+    """Qwen2-MoE: fused experts next to a dense shared expert gated by a one-output linear layer."""
+    config = transformers.Qwen2MoeConfig(
+        **_DECODER, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        shared_expert_intermediate_size=64, pad_token_id=0,
+    )
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _gpt_oss():
+    """GPT-OSS: transposed expert weights with biases, a clamped SwiGLU on interleaved columns, attention sinks."""
+    config = transformers.GptOssConfig(
+        **_DECODER, num_local_experts=4, num_experts_per_tok=2, head_dim=16, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=0,
+    )
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
 def _opt():
     config = transformers.OPTConfig(
         hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
@@ -124,6 +148,7 @@ TINY_MODEL_BUILDERS = {"llama": _llama, "gpt2": _gpt2, "bert": _bert, "t5": _t5,
 FAMILY_BUILDERS = {
     "gemma3": _gemma3, "gemma2": _gemma2, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "phi3": _phi3,
     "phi": _phi, "opt": _opt, "gpt_neox": _gpt_neox, "falcon": _falcon, "bloom": _bloom,
+    "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gpt_oss": _gpt_oss,
 }
 
 

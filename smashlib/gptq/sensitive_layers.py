@@ -11,6 +11,8 @@ The layer names per family are those of smashlib.gptq.layerwise's layouts.
 """
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from smashlib.gptq.layerwise import Layout, block_layer_names
@@ -19,6 +21,9 @@ from smashlib.gptq.layerwise import Layout, block_layer_names
 #: (mlp.c_proj; its value projection is fused into c_attn with the queries and keys, which stay as they are),
 #: GPT-NeoX and Falcon (mlp.dense_4h_to_h; their values are fused into query_key_value likewise).
 SENSITIVE_ENDINGS = (".self_attn.v_proj", ".mlp.down_proj", ".fc2", ".mlp.c_proj", ".mlp.dense_4h_to_h")
+#: A MoE block's expert down projections (split by smashlib.layers.expert_linears): llama.cpp's rule counts
+#: its ffn_down_exps tensors as ffn_down, so do we. Its shared expert ends in .mlp.shared_expert.down_proj.
+EXPERT_DOWN = re.compile(r"\.experts\.down_proj\.\d+$|\.shared_experts?\.down_proj$")
 
 
 def more_bits(index: int, blocks: int) -> bool:
@@ -32,5 +37,5 @@ def sensitive_layer_names(model: nn.Module, layout: Layout) -> set[str]:
     per_block = block_layer_names(model, layout)
     return {
         name for index, names in enumerate(per_block) if more_bits(index, len(per_block))
-        for name in names if name.endswith(SENSITIVE_ENDINGS)
+        for name in names if name.endswith(SENSITIVE_ENDINGS) or EXPERT_DOWN.search(name)
     }
