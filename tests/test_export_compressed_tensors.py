@@ -109,3 +109,45 @@ def test_other_algorithms_are_refused(tmp_path):
     smashed = smash(build_tiny("llama"), SmashConfig({"quantizer": "half"}, device="cpu"), verbose=False)
     with warnings.catch_warnings(), pytest.raises(UnsupportedExportError, match="gptq"):
         smashed.save_pretrained(tmp_path / "ct", format="compressed-tensors")
+
+
+MOE_GRIDS = [
+    {"gptq_grid": "q4_0", "gptq_weight_bits": 4, "gptq_group_size": 32},  # symmetric int4, groups of 32
+    {"gptq_weight_bits": 8, "gptq_group_size": -1},  # int8 per channel: packed for experts (transformers' rule)
+    {"gptq_weight_bits": 8, "gptq_group_size": -1, "gptq_target_modules": {"exclude": ["*experts*"]}},  # float experts
+]
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("values", MOE_GRIDS, ids=["int4", "int8", "float-experts"])
+def test_moe_experts_are_written_as_transformers_checkpoints_lay_them_out(family, values, tmp_path):
+    """smashlib's split experts (one gate_up_proj.<e> layer) go back to the checkpoint's per-expert
+    linears (Mixtral's w1 / w3 / w2, Qwen-MoE's gate_proj / up_proj / down_proj), which transformers merges
+    into its fused weights while loading: every expert's weights are smashlib's."""
+    from transformers import AutoModelForCausalLM
+
+    config = SmashConfig({"quantizer": "gptq", "gptq_method": "rtn", **values}, device="cpu")
+    smashed = smash(build_tiny(family), config, verbose=False)
+    folder = smashed.save_pretrained(tmp_path / "ct", format="compressed-tensors")
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ours, theirs = smashed.model.model.layers[1].mlp.experts, loaded.model.layers[1].mlp.experts
+    for expert in range(4):
+        for projection in ("gate_up_proj", "down_proj"):
+            layer = getattr(ours, projection)[expert]
+            weight = layer.dequantize() if isinstance(layer, PackedLinear) else layer.weight.detach()
+            assert torch.allclose(getattr(theirs, projection)[expert].float(), weight, rtol=2**-8, atol=0)
+    inputs = tiny_inputs(family)
+    with torch.no_grad():
+        expected, logits = smashed(**inputs).logits.float(), loaded(**inputs).logits.float()
+    assert (expected - logits).norm() < 0.02 * expected.norm()  # bf16 (the loaded model's dtype)
+
+
+def test_moe_experts_fused_in_the_checkpoint_or_partly_quantized_are_refused(tmp_path):
+    gpt_oss = smash(build_tiny("gpt_oss"), SmashConfig({"quantizer": "gptq", "gptq_method": "rtn"}, device="cpu"), verbose=False)
+    with pytest.raises(UnsupportedExportError, match="fused experts"):
+        gpt_oss.save_pretrained(tmp_path / "a", format="compressed-tensors")
+    partly = SmashConfig({"quantizer": "gptq", "gptq_method": "rtn", "gptq_target_modules": {"exclude": ["*experts.down_proj.1"]}}, device="cpu")
+    mixtral = smash(build_tiny("mixtral"), partly, verbose=False)
+    with pytest.raises(UnsupportedExportError, match="3 of its 4 experts"):
+        mixtral.save_pretrained(tmp_path / "b", format="compressed-tensors")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -12,6 +12,9 @@ thing with unsigned integers, so a GPTQ layer maps to it exactly: ``q - 2**(bits
 weight and our scales and zero points, they re-derive our very integers: ``w / scale`` is exact), and
 ``quantization_config`` by its own pydantic models and ``ModelCompressor.update_config``.
 
+MoE experts (split by smashlib.layers.expert_linears) are written per expert under the names of the
+model's own checkpoints (smashlib.export.checkpoint_names), which transformers merges while loading.
+
 Not representable, and refused: act-order with groups (compressed-tensors removed its ``g_idx``
 "group" activation ordering; a GPTQ result with ``gptq_desc_act=True`` and ``gptq_group_size=-1``, or
 with ``gptq_desc_act=False``, is fine), and any algorithm other than gptq.
@@ -22,7 +25,7 @@ import json
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ import torch
 from torch import nn
 
 from smashlib.errors import UnsupportedExportError
+from smashlib.export.checkpoint_names import checkpoint_rows, float_expert_tensors
 from smashlib.export.checks import refuse_algorithms, unwrap
 from smashlib.layers.packed_int import PackedEmbedding, PackedLinear
 
@@ -44,10 +48,13 @@ class LayerScheme:
     bits: int
     group_size: int  # -1: one scale per output channel
     symmetric: bool
+    # MoE experts: transformers 5 merges them into fused weights while loading, which it does for packed
+    # (weight_packed) experts only, so their 8-bit values are packed too (vLLM reads both)
+    expert: bool = False
 
     @property
     def compression_format(self) -> str:
-        return "int-quantized" if self.bits == 8 and self.symmetric else "pack-quantized"
+        return "int-quantized" if self.bits == 8 and self.symmetric and not self.expert else "pack-quantized"
 
 
 def layer_scheme(name: str, layer: PackedLinear) -> LayerScheme:
@@ -99,30 +106,35 @@ def quantization_config(schemes: dict[str, LayerScheme]) -> Any:
     )
 
 
-def compressed_layer(layer: PackedLinear, scheme: LayerScheme, config_scheme: Any) -> dict[str, torch.Tensor]:
-    """The layer's tensors as the package's compressor for its format writes them."""
+def compressed_layer(
+    layer: PackedLinear, scheme: LayerScheme, config_scheme: Any, rows: slice = slice(None)
+) -> dict[str, torch.Tensor]:
+    """The layer's tensors (its ``rows`` only, e.g. the gate half of an expert's gate_up_proj) as the
+    package's compressor for its format writes them."""
     from compressed_tensors.compressors import BaseCompressor
 
     compressor = BaseCompressor.get_value_from_registry(scheme.compression_format)
     middle = 1 << (layer.bits - 1)
     _, zeros = layer.integers()
     # fp32 throughout: scale * (q - zero) and its division by scale are then exact
-    state = {"weight": layer.dequantize(torch.float32), "weight_scale": layer.scales.float()}
+    state = {"weight": layer.dequantize(torch.float32)[rows], "weight_scale": layer.scales.float()[rows]}
     if not scheme.symmetric:
-        state["weight_zero_point"] = (zeros.to(torch.int16) - middle).to(torch.int8)
+        state["weight_zero_point"] = (zeros.to(torch.int16) - middle).to(torch.int8)[rows]
     compressed = dict(compressor.compress(state, config_scheme))
     compressed["weight_scale"] = compressed["weight_scale"].to(layer.scales.dtype)  # bf16: exact
     if layer.bias is not None:
-        compressed["bias"] = layer.bias.detach()
+        compressed["bias"] = layer.bias.detach()[rows]
     return compressed
 
 
 def dense_tensors(model: nn.Module, packed_names: set[str]) -> dict[str, torch.Tensor]:
     """Everything that is not a packed layer, as the plain model names it; a packed (tied) embedding
-    becomes its dense table, since the engine's embedding cannot read a quantized head's tensors."""
+    becomes its dense table, since the engine's embedding cannot read a quantized head's tensors. Split MoE
+    experts left in float are not here (see :func:`save_compressed_tensors`)."""
+    float_experts, _ = float_expert_tensors(model, list(packed_names))
     tensors: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
-        if module_name in packed_names:
+        if module_name in packed_names or any(module_name.startswith(f"{name}.") for name in float_experts):
             continue
         if isinstance(module, PackedEmbedding):
             tensors[f"{module_name}.weight"] = module.head.dequantize(torch.float32).to(module.dtype)
@@ -152,6 +164,7 @@ def save_compressed_tensors(smashed: Any, path: str | os.PathLike) -> Path:
     """Write ``smashed`` (a gptq result) as a compressed-tensors folder; see the module docstring."""
     from compressed_tensors.compressors import ModelCompressor
     from safetensors.torch import save_file
+    from transformers.core_model_loading import revert_weight_conversion
 
     from smashlib.atomic import atomic_folder
 
@@ -167,6 +180,11 @@ def save_compressed_tensors(smashed: Any, path: str | os.PathLike) -> Path:
             "first (or save a plain model with transformers' save_pretrained)."
         )
     schemes = {name: layer_scheme(name, layer) for name, layer in packed.items()}
+    # the checkpoint's linear layers: smashlib's split MoE experts go back to transformers' per-expert layout
+    placed = checkpoint_rows(model, list(packed))
+    pieces = {piece.name: (name, slice(piece.start, piece.stop)) for name, found in placed.items() for piece in found}
+    experts = {piece.name for found in placed.values() for piece in found if piece.expert}
+    checkpoint_schemes = {piece: replace(schemes[name], expert=piece in experts) for piece, (name, _) in pieces.items()}
     if not all(scheme.symmetric for scheme in schemes.values()):
         warnings.warn(
             "format='compressed-tensors': this model has asymmetric (zero-point) grids, written as the package writes "
@@ -175,19 +193,24 @@ def save_compressed_tensors(smashed: Any, path: str | os.PathLike) -> Path:
             "(int4, groups of 32) or gptq_weight_bits=8.",
             stacklevel=3,
         )
-    config = quantization_config(schemes)
+    config = quantization_config(checkpoint_schemes)
     scheme_of = {}
     for group in config.config_groups.values():
         pattern = re.compile(group.targets[0][len("re:"):])
-        scheme_of.update({name: group for name in packed if pattern.match(name)})
+        scheme_of.update({piece: group for piece in pieces if pattern.match(piece)})
     tensors = {}
-    for name, layer in packed.items():
-        for key, tensor in compressed_layer(layer, schemes[name], scheme_of[name]).items():
-            tensors[f"{name}.{key}"] = tensor.contiguous()
+    for piece, (name, rows) in pieces.items():
+        for key, tensor in compressed_layer(packed[name], checkpoint_schemes[piece], scheme_of[piece], rows).items():
+            tensors[f"{piece}.{key}"] = tensor.contiguous()
     model_config = getattr(model, "config", None)
     untie = any(isinstance(m, PackedEmbedding) for m in model.modules())
     tied = bool(getattr(model_config, "tie_word_embeddings", False)) and not untie
-    tensors.update(_drop_shared(dense_tensors(model, set(packed)), tied))
+    # named as the checkpoint names them, like the quantized layers (transformers' save_pretrained does the same)
+    dense = revert_weight_conversion(model, _drop_shared(dense_tensors(model, set(packed)), tied))
+    # MoE experts left in float: fused, as the model names them. transformers 5's loader takes per-expert
+    # float weights in a compressed-tensors checkpoint for packed ones and drops them ("Ckpt contains: 0")
+    dense.update(float_expert_tensors(model, list(packed))[1])
+    tensors.update({key: tensor.contiguous() for key, tensor in dense.items()})
 
     components = getattr(getattr(smashed, "smash_config", None), "components", None)
     with atomic_folder(path) as staging:
