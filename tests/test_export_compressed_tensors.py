@@ -151,3 +151,26 @@ def test_moe_experts_fused_in_the_checkpoint_or_partly_quantized_are_refused(tmp
     with pytest.raises(UnsupportedExportError, match="3 of its 4 experts"):
         mixtral.save_pretrained(tmp_path / "b", format="compressed-tensors")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("family", ["gemma3", "phi", "opt", "gpt_neox", "falcon", "bloom"])
+def test_every_linear_family_loads_in_plain_transformers(family, tmp_path):
+    """Names as the checkpoint has them (GPT-NeoX's head is embed_out there, lm_head in the model) and
+    config targets as the model has them: transformers quantizes every layer it reads."""
+    from transformers import AutoModelForCausalLM
+
+    config = SmashConfig({"quantizer": "gptq", "gptq_method": "rtn", "gptq_weight_bits": 8, "gptq_group_size": -1}, device="cpu")
+    smashed = smash(build_tiny(family), config, verbose=False)
+    loaded = AutoModelForCausalLM.from_pretrained(smashed.save_pretrained(tmp_path / "ct", format="compressed-tensors")).eval()
+    inputs = tiny_inputs(family)
+    with torch.no_grad():
+        expected, logits = smashed(**inputs).logits.float(), loaded(**inputs).logits.float()
+    assert (expected - logits).norm() < 0.02 * expected.norm()
+
+
+def test_gpt2_conv1d_layers_are_refused(tmp_path):
+    config = SmashConfig({"quantizer": "gptq", "gptq_method": "rtn", "gptq_weight_bits": 8, "gptq_group_size": -1}, device="cpu")
+    smashed = smash(build_tiny("gpt2"), config, verbose=False)
+    with pytest.raises(UnsupportedExportError, match="Conv1D"):
+        smashed.save_pretrained(tmp_path / "ct", format="compressed-tensors")
+    assert not (tmp_path / "ct").exists()

@@ -160,6 +160,26 @@ def _drop_shared(tensors: dict[str, torch.Tensor], tied: bool) -> dict[str, torc
     return kept
 
 
+def refuse_conv1d(model: nn.Module, packed: dict[str, PackedLinear]) -> None:
+    """GPT-2-style Conv1D layers (weights stored [in, out]) are not linear layers to compressed-tensors:
+    transformers would load their [out, in] quantized weights into Conv1D modules and fail on the shapes."""
+    from transformers.pytorch_utils import Conv1D
+
+    from smashlib.skeleton import build_skeleton
+
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(type(model), "_from_config"):
+        return
+    skeleton = build_skeleton(type(model), config)
+    original = dict(skeleton.named_modules())
+    conv = [name for name in packed if isinstance(original.get(name), Conv1D)]
+    if conv:
+        raise UnsupportedExportError(
+            f"{conv[0]} (and {len(conv) - 1} more) is a transformers Conv1D layer ({type(model).__name__}), which "
+            f"compressed-tensors cannot hold: it quantizes nn.Linear layers. Save with format='smashlib' instead."
+        )
+
+
 def save_compressed_tensors(smashed: Any, path: str | os.PathLike) -> Path:
     """Write ``smashed`` (a gptq result) as a compressed-tensors folder; see the module docstring."""
     from compressed_tensors.compressors import ModelCompressor
@@ -179,12 +199,16 @@ def save_compressed_tensors(smashed: Any, path: str | os.PathLike) -> Path:
             f"format={FORMAT!r} stores quantized layers, and this model has none: smash it with quantizer='gptq' "
             "first (or save a plain model with transformers' save_pretrained)."
         )
+    refuse_conv1d(model, packed)
     schemes = {name: layer_scheme(name, layer) for name, layer in packed.items()}
     # the checkpoint's linear layers: smashlib's split MoE experts go back to transformers' per-expert layout
     placed = checkpoint_rows(model, list(packed))
     pieces = {piece.name: (name, slice(piece.start, piece.stop)) for name, found in placed.items() for piece in found}
     experts = {piece.name for found in placed.values() for piece in found if piece.expert}
     checkpoint_schemes = {piece: replace(schemes[name], expert=piece in experts) for piece, (name, _) in pieces.items()}
+    # the config targets modules: transformers matches them against the model's (GPT-NeoX's lm_head, stored
+    # as embed_out), and its experts by the word "experts", where vLLM matches the checkpoint's names
+    target_of = {piece: piece if piece in experts else name for piece, (name, _) in pieces.items()}
     if not all(scheme.symmetric for scheme in schemes.values()):
         warnings.warn(
             "format='compressed-tensors': this model has asymmetric (zero-point) grids, written as the package writes "
@@ -193,11 +217,11 @@ def save_compressed_tensors(smashed: Any, path: str | os.PathLike) -> Path:
             "(int4, groups of 32) or gptq_weight_bits=8.",
             stacklevel=3,
         )
-    config = quantization_config(checkpoint_schemes)
+    config = quantization_config({target_of[piece]: scheme for piece, scheme in checkpoint_schemes.items()})
     scheme_of = {}
     for group in config.config_groups.values():
         pattern = re.compile(group.targets[0][len("re:"):])
-        scheme_of.update({piece: group for piece in pieces if pattern.match(piece)})
+        scheme_of.update({piece: group for piece in pieces if pattern.match(target_of[piece])})
     tensors = {}
     for piece, (name, rows) in pieces.items():
         for key, tensor in compressed_layer(packed[name], checkpoint_schemes[piece], scheme_of[piece], rows).items():
