@@ -149,10 +149,16 @@ class Algorithm:
     def target_names(self, model: torch.nn.Module, settings: dict[str, Any]) -> list[str]:
         """The layers it touches with these settings: ``settings["target_modules"]`` resolved against
         ``model`` among the layers :meth:`accepts_layer` takes, in model order. The one place every
-        layer-wise algorithm asks "which layers"; override to narrow further (e.g. shapes a kernel takes)."""
-        from smashlib.targets import resolve_targets
+        layer-wise algorithm asks "which layers"; override to narrow further (e.g. shapes a kernel takes).
+        A quantizer leaves out the layers the model keeps in float (smashlib.targets.kept_in_float: T5's
+        ``wo``, whose forward casts its input to the weight's dtype) unless ``"@kept_in_float"`` is included."""
+        from smashlib.targets import KEPT_IN_FLOAT, TargetModules, kept_in_float, resolve_targets
 
-        return resolve_targets(model, settings["target_modules"], self.accepts_layer)
+        names = resolve_targets(model, settings["target_modules"], self.accepts_layer)
+        if self.group != "quantizer" or KEPT_IN_FLOAT in TargetModules.parse(settings["target_modules"]).include:
+            return names
+        kept = kept_in_float(model)
+        return [name for name in names if name not in kept]
 
     def check_targets(self, model: torch.nn.Module, settings: dict[str, Any]) -> None:
         """Raise before anything is modified when ``target_modules`` selects no layer of ``model`` or names an

@@ -34,7 +34,7 @@ from smashlib.targets import is_target_modules_hyperparameter, normalize_target_
 #: 3: gptq_decode_kernel (folders saved before it keep PyTorch's weight-only kernel, so they give the outputs
 #: they gave). 4: gptq_decode_kernel="auto" covers smashlib's 4-bit kernel too (folders saved before it say
 #: "int8_only": their 2-4-bit layers keep PyTorch's int4 kernel).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEVICES = ("cpu", "cuda")
 
 
@@ -91,8 +91,26 @@ def upgrade_values(values: Mapping[str, Any], schema_version: int) -> dict[str, 
         settings[owner.name][key.removeprefix(owner.name + "_")] = value
     for algorithm in chosen:
         new = algorithm.upgrade_settings(dict(settings[algorithm.name]), schema_version)
+        if schema_version < 5 and algorithm.group == "quantizer" and algorithm.has_target_modules():
+            new["target_modules"] = with_kept_in_float(new.get("target_modules", default_target_modules(algorithm)))
         upgraded.update({f"{algorithm.name}_{key}": value for key, value in new.items()})
     return upgraded
+
+
+def default_target_modules(algorithm: Any) -> Any:
+    from smashlib.targets import is_target_modules_hyperparameter
+
+    return next(hp.default_value for hp in algorithm.hyperparameters if is_target_modules_hyperparameter(hp))
+
+
+def with_kept_in_float(value: Any) -> dict[str, list[str]]:
+    """Schema 5 made quantizers leave out the layers a model keeps in float (smashlib.targets.kept_in_float);
+    a config saved before selected them like any other: the same selection, written out."""
+    from smashlib.targets import KEPT_IN_FLOAT, TargetModules
+
+    targets = TargetModules.parse(value)
+    include = list(targets.include) + ([KEPT_IN_FLOAT] if KEPT_IN_FLOAT not in targets.include else [])
+    return {"include": include, "exclude": list(targets.exclude)}
 
 
 class SmashConfig(Mapping):

@@ -24,7 +24,9 @@ A pattern is matched against a layer's full dotted name (``model.layers.0.mlp.do
   dotted suffix of it, as PEFT's ``target_modules`` does: ``"down_proj"`` matches every down projection,
   ``"model.layers.0.*"`` the first block;
 - ``"re:<regex>"``: a regular expression searched in the name;
-- ``"@output_head"`` / ``"@outlier_layers"``: the named groups the presets are made of.
+- ``"@output_head"`` / ``"@outlier_layers"``: the named groups the presets are made of;
+- ``"@kept_in_float"``: the layers the model keeps in float (:func:`kept_in_float`), which quantizers leave
+  out unless an include pattern is this one.
 
 A layer is targeted when it is a layer the algorithm can take (``accept``, by default :func:`is_linear`),
 matches an include pattern and matches no exclude pattern. An include pattern that matches no such
@@ -41,6 +43,7 @@ Public API (stable; other algorithms build on it)::
     check_targets(model, value, accept, algorithm) -> raises before anything is modified
     is_linear(module), is_nn_linear(module), as_plain_linears(model, names), PLAIN_LINEAR_SUBCLASSES
     output_head_names(model), tied_embeddings(model, names)
+    kept_in_float(model), KEPT_IN_FLOAT            -> layers quantizers leave in float unless included by name
 """
 from __future__ import annotations
 
@@ -65,7 +68,9 @@ OUTLIER_LAYERS = (
 )
 
 #: Named groups usable as patterns; each is resolved against the model, not against the name alone.
-NAMED_GROUPS = ("@output_head", "@outlier_layers")
+NAMED_GROUPS = ("@output_head", "@outlier_layers", "@kept_in_float")
+#: The include pattern that lets a quantizer take the layers the model keeps in float (:func:`kept_in_float`).
+KEPT_IN_FLOAT = "@kept_in_float"
 
 #: Key under which a hyperparameter's ConfigSpace ``meta`` marks it as a target-modules setting.
 META_KIND = "smashlib_kind"
@@ -130,11 +135,11 @@ class TargetModules:
 
     def _resolve(self, model: nn.Module, accept: Callable[[nn.Module], bool]) -> tuple[list[str], list[str]]:
         candidates = [name for name, module in model.named_modules() if name and accept(module)]
-        heads: set[str] | None = None
-        if any(p == "@output_head" for p in (*self.include, *self.exclude)):
-            heads = output_head_names(model)
-        include = [_matcher(p, heads) for p in self.include]
-        exclude = [_matcher(p, heads) for p in self.exclude]
+        patterns = (*self.include, *self.exclude)
+        heads = output_head_names(model) if "@output_head" in patterns else None
+        kept = kept_in_float(model) if KEPT_IN_FLOAT in patterns else None
+        include = [_matcher(p, heads, kept) for p in self.include]
+        exclude = [_matcher(p, heads, kept) for p in self.exclude]
         hits = [False] * len(include)
         chosen = []
         for name in candidates:
@@ -144,7 +149,7 @@ class TargetModules:
                     hits[index] = included = True
             if included and not any(matches(name) for matches in exclude):
                 chosen.append(name)
-        unmatched = [p for p, hit in zip(self.include, hits) if not hit and p != "*"]
+        unmatched = [p for p, hit in zip(self.include, hits) if not hit and p not in ("*", KEPT_IN_FLOAT)]
         return chosen, unmatched
 
 
@@ -164,7 +169,7 @@ def _patterns(value: Any, key: str, field: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p for p in value):
         raise HyperparameterValueError(
             f"{key}['{field}'] = {value!r} is not allowed: give a list of non-empty pattern strings "
-            "(globs such as 'down_proj' or 'model.layers.0.*', 're:<regex>', '@output_head', '@outlier_layers')."
+            "(globs such as 'down_proj' or 'model.layers.0.*', 're:<regex>', '@output_head', '@outlier_layers', '@kept_in_float')."
         )
     for pattern in value:
         if pattern.startswith("@") and pattern not in NAMED_GROUPS:
@@ -179,9 +184,11 @@ def _patterns(value: Any, key: str, field: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _matcher(pattern: str, heads: set[str] | None) -> Callable[[str], bool]:
+def _matcher(pattern: str, heads: set[str] | None, kept: set[str] | None = None) -> Callable[[str], bool]:
     if pattern == "@output_head":
         return (heads or set()).__contains__
+    if pattern == KEPT_IN_FLOAT:
+        return (kept or set()).__contains__
     if pattern == "@outlier_layers":
         return re.compile(OUTLIER_LAYERS).search
     if pattern.startswith("re:"):
@@ -246,6 +253,33 @@ def check_targets(
 def _examples(model: nn.Module, accept: Callable[[nn.Module], bool] | None) -> str:
     names = [name for name, module in model.named_modules() if name and (accept or is_linear)(module)]
     return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") if names else "none"
+
+
+# ====================================================================== layers kept in float
+#: Linear layers whose ``.weight`` a model's own code reads outside the layer's forward, by model_type:
+#: Mamba's ``dt_proj.weight @ time_step``, and the head of Mamba-like models, called as
+#: ``lm_head(hidden_states.to(lm_head.weight.dtype))``. A swapped quantized layer has no such weight, or an
+#: int8 / uint8 one, to which the hidden states would be cast (tiny Mamba, torch_dynamic: relative error 0.84).
+#: (grep of transformers 5.24's models for ``.weight @`` and ``.weight.dtype))`` on linear layers.)
+WEIGHT_READ_LAYERS: dict[str, tuple[str, ...]] = {
+    "mamba": ("dt_proj", "lm_head"), "falcon_mamba": ("dt_proj", "lm_head"), "mamba2": ("lm_head",),
+    "xlstm": ("lm_head",), "hy_v4": ("lm_head",), "hy_v4_vl": ("lm_head",),
+}
+
+
+def kept_in_float(model: nn.Module) -> set[str]:
+    """Names of the linear layers no quantizer takes unless ``target_modules`` includes ``"@kept_in_float"``
+    (what configs saved before schema 5 get, so that they load as they were saved): those the model class
+    keeps in float32 (transformers' ``_keep_in_fp32_modules`` / ``_strict``, e.g. T5's ``wo``, whose forward
+    casts its input to ``wo.weight.dtype``: quantized, to int8 or uint8 codes; MoE routers' ``gate.weight``),
+    matched as transformers matches them (a dotted part of the parameter's name), and :data:`WEIGHT_READ_LAYERS`.
+    transformers' own quantizers skip the same layers (``HfQuantizer.get_modules_to_not_convert``)."""
+    patterns = {*(getattr(model, "_keep_in_fp32_modules", None) or ()), *(getattr(model, "_keep_in_fp32_modules_strict", None) or ())}
+    patterns |= set(WEIGHT_READ_LAYERS.get(getattr(getattr(model, "config", None), "model_type", None), ()))
+    if not patterns:
+        return set()
+    regex = re.compile("|".join(rf"(^|\.){re.escape(pattern)}(\.|$)" for pattern in sorted(patterns)))
+    return {name for name, module in model.named_modules() if is_linear(module) and regex.search(f"{name}.weight")}
 
 
 # ====================================================================== questions about layers

@@ -17,6 +17,7 @@ from smashlib import SmashConfig, smash
 from smashlib.errors import MissingComponentError, UnsupportedModelError
 from smashlib.evaluation.metrics.size import weight_footprint
 from smashlib.layers.int8_linear import Int8DynamicLinear, Int8Embedding, is_linear, reduce_range
+from smashlib.targets import kept_in_float
 from tests.tiny_models import TINY_MODEL_BUILDERS, build_tiny, tiny_inputs, tiny_tokenizer
 
 MODELS = sorted(TINY_MODEL_BUILDERS)
@@ -118,13 +119,14 @@ def test_torch_dynamic_makes_linears_int8(tiny_model_name, targets):
     inputs = tiny_inputs(tiny_model_name)
     reference = logits(model, inputs)
     before = weight_footprint(model)[0]
+    kept = kept_in_float(model)  # T5's wo (smashlib.targets)
     cfg = SmashConfig({"quantizer": "torch_dynamic", "torch_dynamic_target_modules": targets}, device="cpu")
     smashed = smash(model, cfg, verbose=False)
     int8 = [m for m in smashed.modules() if isinstance(m, Int8DynamicLinear)]
     assert int8 and all(m.weight.dtype == torch.int8 and m.weight_scale.dtype == torch.float32 for m in int8)
     left = [name for name, m in smashed.named_modules() if is_linear(m)]
     if targets == "all_linear":
-        assert left == []  # every Linear (GPT-2's Conv1D included) is int8
+        assert set(left) == kept  # every Linear (GPT-2's Conv1D included) is int8, but those the model keeps in float
         assert weight_footprint(smashed)[0] < 0.5 * before
     else:
         assert left and all(n.endswith(("down_proj", "fc2", "wo", "mlp.c_proj", "output.dense")) for n in left)
@@ -249,8 +251,9 @@ def test_torch_dynamic_with_smoothquant_calibrates_and_stays_close(name):
                        "torch_dynamic_smoothquant": True, "torch_dynamic_calibration_samples": 4}, device="cpu")
     cfg.add_tokenizer(tiny_tokenizer())
     cfg.add_data("PydocTopics")
+    kept = kept_in_float(model)
     smashed = smash(model, cfg, verbose=False)
-    assert not [n for n, m in smashed.named_modules() if is_linear(m)]
+    assert {n for n, m in smashed.named_modules() if is_linear(m)} == kept
     assert relative_error(logits(smashed, inputs), reference) < 0.05
 
 

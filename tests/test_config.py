@@ -112,7 +112,7 @@ def test_json_round_trip_with_schema_and_version(tmp_path):
     path = tmp_path / "smash_config.json"
     cfg.save_json(path)
     payload = json.loads(path.read_text())
-    assert payload["schema_version"] == smashlib.config.SCHEMA_VERSION == 4
+    assert payload["schema_version"] == smashlib.config.SCHEMA_VERSION == 5
     assert payload["smashlib_version"] == smashlib.__version__
     assert SmashConfig.load_json(path) == cfg
 

@@ -16,7 +16,7 @@ from tests.tiny_models import build_tiny, tiny_inputs
 
 DECODERS = ["llama", "gemma3", "gemma2", "qwen2", "qwen3", "mistral", "phi3", "phi", "gpt2", "opt", "gpt_neox", "falcon", "bloom",
             "mixtral", "qwen2_moe", "gpt_oss"]
-FAMILIES = [*DECODERS, "bert"]
+FAMILIES = [*DECODERS, "bert", "t5", "mamba"]
 #: quantizer label -> (SmashConfig values, bound, families it claims). "all_linear" where the algorithm
 #: allows it, so tied heads (Llama, Gemma 3, Qwen) are quantized and the tie is exercised.
 QUANTIZERS = {
@@ -123,3 +123,26 @@ def test_quantized_nn_linear_subclasses_are_never_taken_for_plain_ones():
         pass
 
     assert not is_nn_linear(Quantized(4, 4)) and is_nn_linear(torch.nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize("quantizer", ["bnb_4bit", "hqq", "torch_dynamic"])
+def test_layers_the_model_keeps_in_float_are_left_out_unless_included_by_name(quantizer):
+    """T5 keeps ``wo`` in float32 (``_keep_in_fp32_modules``) and casts its input to ``wo.weight.dtype``:
+    quantized by bnb_4bit, to uint8 codes (relative logit error 1.44 on tiny T5); by hqq, a crash. Quantizers
+    leave it out, as transformers' own do, unless ``"@kept_in_float"`` is included."""
+    values = QUANTIZERS[quantizer][0]
+    if registry.get_algorithm(values["quantizer"]).missing_packages():
+        pytest.skip(f"{quantizer} is not installed")
+    smashed = smash(build_tiny("t5"), SmashConfig(values, device="cpu"), verbose=False)
+    wo = [name for name, module in smashed.model.named_modules() if name.endswith(".wo")]
+    assert len(wo) == 4 and all(type(smashed.model.get_submodule(name)) is torch.nn.Linear for name in wo)
+    include_all = {**values, f"{quantizer}_target_modules": {"include": ["*", "@kept_in_float"]}}
+    smashed = smash(build_tiny("t5"), SmashConfig(include_all, device="cpu"), verbose=False)
+    assert all(type(smashed.model.get_submodule(name)) is not torch.nn.Linear for name in wo)
+
+
+def test_mamba_layers_read_as_weights_stay_in_float():
+    from smashlib.targets import kept_in_float
+
+    kept = kept_in_float(build_tiny("mamba"))
+    assert kept == {"backbone.layers.0.mixer.dt_proj", "backbone.layers.1.mixer.dt_proj", "lm_head"}

@@ -27,6 +27,7 @@ from smashlib import (
     serialization,
     smash,
 )
+from smashlib.config import with_kept_in_float
 from tests.folders import edit_manifest
 from tests.tiny_models import build_tiny, tiny_inputs, tiny_tokenizer
 
@@ -392,7 +393,8 @@ def test_an_older_schema_passes_each_algorithms_settings_through_upgrade_setting
     monkeypatch.setattr(type(registry.get_algorithm("torch_dynamic")), "upgrade_settings", classmethod(upgrade))
     loaded = SmashedModel.from_pretrained(copy_of)
     assert len(calls) == 1 and calls[0][1] == 1 and "full_precision_layers" in calls[0][0]
-    assert loaded.smash_config["torch_dynamic_target_modules"] == calls[0][0]["full_precision_layers"]
+    # and, saved before schema 5, with the layers the model keeps in float included (smashlib.config)
+    assert loaded.smash_config["torch_dynamic_target_modules"] == with_kept_in_float(calls[0][0]["full_precision_layers"])
     assert SmashConfig.load_json(copy_of / "smash_config.json")["torch_dynamic_target_modules"]  # same place
     assert len(calls) == 2
 

@@ -12,20 +12,23 @@ import pytest
 import torch
 
 from smashlib import SmashConfig, SmashedModel, registry, smash
+from smashlib.config import with_kept_in_float
 from smashlib.layers.cpu_features import has_native_bf16
 from smashlib.layers.int8_linear import reduce_range
 
 FIXTURES = Path(__file__).parent / "fixtures" / "schema1"
-#: What each old setting became (the same layers are quantized: the logits below prove it).
+#: What each old setting became (the same layers are quantized: the logits below prove it). A quantizer's
+#: selection is written out with "@kept_in_float": schema 5 made quantizers leave out the layers a model keeps in
+#: float (T5's wo), which an older config selected like the rest.
 UPGRADED = {
-    "torch_dynamic": {"torch_dynamic_target_modules": "all_linear"},
-    "torchao": {"torchao_target_modules": "all_but_outlier_layers"},
-    "quanto": {"quanto_target_modules": "all_but_outlier_layers_and_output_head"},
-    "hqq": {"hqq_target_modules": "all_but_output_head"},
-    "bnb_4bit": {"bnb_4bit_target_modules": "all_linear"},
-    "llm_int8": {"llm_int8_target_modules": "all_but_output_head"},
-    "torch_unstructured": {"torch_unstructured_target_modules": "all_linear"},
-    "gptq": {"gptq_target_modules": "all_linear", "gptq_output_head_precision": "int8"},
+    "torch_dynamic": {"torch_dynamic_target_modules": with_kept_in_float("all_linear")},
+    "torchao": {"torchao_target_modules": with_kept_in_float("all_but_outlier_layers")},
+    "quanto": {"quanto_target_modules": with_kept_in_float("all_but_outlier_layers_and_output_head")},
+    "hqq": {"hqq_target_modules": with_kept_in_float("all_but_output_head")},
+    "bnb_4bit": {"bnb_4bit_target_modules": with_kept_in_float("all_linear")},
+    "llm_int8": {"llm_int8_target_modules": with_kept_in_float("all_but_output_head")},
+    "torch_unstructured": {"torch_unstructured_target_modules": "all_linear"},  # a pruner: unchanged
+    "gptq": {"gptq_target_modules": with_kept_in_float("all_linear"), "gptq_output_head_precision": "int8"},
 }
 
 
@@ -68,7 +71,8 @@ def test_a_schema1_folder_loads_with_its_settings_upgraded_and_gives_the_saved_l
 
 def test_old_keys_are_mapped_only_for_old_schemas():
     payload = {"schema_version": 1, "values": {"quantizer": "hqq", "hqq_keep_output_head": False}}
-    assert SmashConfig.from_json_dict(payload, device="cpu")["hqq_target_modules"] == "all_linear"
+    assert SmashConfig.from_json_dict(payload, device="cpu")["hqq_target_modules"] == with_kept_in_float("all_linear")
     payload = {"schema_version": 1, "values": {"quantizer": "gptq", "gptq_output_head": "keep"}}
     cfg = SmashConfig.from_json_dict(payload, device="cpu")
-    assert cfg["gptq_target_modules"] == "all_but_output_head" and cfg["gptq_output_head_precision"] == "weight_bits"
+    assert cfg["gptq_target_modules"] == with_kept_in_float("all_but_output_head")
+    assert cfg["gptq_output_head_precision"] == "weight_bits"

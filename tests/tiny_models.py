@@ -103,6 +103,12 @@ def _gpt_oss():
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
+def _mamba():
+    """Mamba: no attention; its forward reads dt_proj.weight and lm_head.weight.dtype itself."""
+    config = transformers.MambaConfig(hidden_size=64, num_hidden_layers=2, vocab_size=256, state_size=8, pad_token_id=0)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
 def _opt():
     config = transformers.OPTConfig(
         hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
@@ -148,7 +154,7 @@ TINY_MODEL_BUILDERS = {"llama": _llama, "gpt2": _gpt2, "bert": _bert, "t5": _t5,
 FAMILY_BUILDERS = {
     "gemma3": _gemma3, "gemma2": _gemma2, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "phi3": _phi3,
     "phi": _phi, "opt": _opt, "gpt_neox": _gpt_neox, "falcon": _falcon, "bloom": _bloom,
-    "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gpt_oss": _gpt_oss,
+    "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gpt_oss": _gpt_oss, "mamba": _mamba,
 }
 
 
