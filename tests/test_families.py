@@ -146,3 +146,22 @@ def test_mamba_layers_read_as_weights_stay_in_float():
 
     kept = kept_in_float(build_tiny("mamba"))
     assert kept == {"backbone.layers.0.mixer.dt_proj", "backbone.layers.1.mixer.dt_proj", "lm_head"}
+
+
+@pytest.mark.parametrize("family", ["t5", "whisper", "mamba"])
+def test_lora_recoverer_refuses_models_it_cannot_train_before_the_quantizer_runs(family):
+    """Encoder-decoder models need decoder inputs its token batches lack; Mamba's training forward hands raw
+    weights to a fused kernel. Both used to fail in the first training step, after hqq had run."""
+    from smashlib.errors import UnsupportedModelError
+    from tests.tiny_models import tiny_tokenizer
+
+    if registry.get_algorithm("lora_recoverer").missing_packages():
+        pytest.skip("lora_recoverer needs peft")
+    model = build_tiny(family)
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    config = SmashConfig({"quantizer": "hqq", "recoverer": "lora_recoverer"}, device="cpu")
+    config.add_tokenizer(tiny_tokenizer())
+    config.add_data("PydocTopics")
+    with pytest.raises(UnsupportedModelError, match="lora_recoverer"):
+        smash(model, config, verbose=False)
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())

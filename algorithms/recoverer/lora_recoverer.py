@@ -16,6 +16,7 @@ import warnings
 from ConfigSpace import Categorical, Float, Integer
 
 from smashlib.algorithm import Algorithm
+from smashlib.errors import UnsupportedModelError
 from smashlib.targets import is_linear, target_modules_hyperparameter
 from smashlib.training import TrainingOptions, fitting_length, train_to_match, training_batches
 from smashlib.training.lora import (
@@ -28,6 +29,9 @@ from smashlib.training.lora import (
 )
 
 TEACHERS = ("original", "none")
+#: Models whose forward in training mode hands its projections' raw weights to a fused kernel
+#: (``mamba_inner_fn(..., x_proj.weight, dt_proj.weight, out_proj.weight)``), past any adapter or quantized layer.
+TRAINS_ON_RAW_WEIGHTS = ("mamba", "falcon_mamba", "mamba2")
 
 
 class LoraRecoverer(Algorithm):
@@ -53,6 +57,21 @@ class LoraRecoverer(Algorithm):
 
     def accepts_layer(self, module):
         return adaptable(module)
+
+    def check_model(self, model):
+        """Training runs the model on token batches alone (smashlib.training): a decoder-only model. Refused
+        here, before a quantizer has run, rather than failing in the first training step after it."""
+        config = getattr(model, "config", None)
+        if getattr(config, "is_encoder_decoder", False):
+            raise UnsupportedModelError(
+                f"lora_recoverer trains on batches of text tokens fed to the model alone; {type(model).__name__} is an "
+                "encoder-decoder model, whose decoder needs its own inputs (T5, BART, Whisper are not supported yet)."
+            )
+        if getattr(config, "model_type", None) in TRAINS_ON_RAW_WEIGHTS:
+            raise UnsupportedModelError(
+                f"lora_recoverer cannot train {type(model).__name__}: in training mode its layers pass their "
+                "projections' raw weights to a fused kernel, past LoRA adapters and quantized layers."
+            )
 
     def prepare_run(self, model, settings, components):
         """Keep the untouched model as the teacher of this run (smash() drops it when the run ends)."""
