@@ -15,7 +15,7 @@ from smashlib import SmashConfig, registry, smash
 from tests.tiny_models import build_tiny, tiny_inputs
 
 DECODERS = ["llama", "gemma3", "gemma2", "qwen2", "qwen3", "mistral", "phi3", "phi", "gpt2", "opt", "gpt_neox", "falcon", "bloom",
-            "mixtral", "qwen2_moe", "gpt_oss"]
+            "mixtral", "qwen2_moe", "gpt_oss", "llava", "qwen2_vl", "gemma3_vlm"]
 FAMILIES = [*DECODERS, "bert", "t5", "mamba"]
 #: quantizer label -> (SmashConfig values, bound, families it claims). "all_linear" where the algorithm
 #: allows it, so tied heads (Llama, Gemma 3, Qwen) are quantized and the tie is exercised.

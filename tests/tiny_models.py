@@ -109,6 +109,33 @@ def _mamba():
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
+def _llava():
+    """Llava: a CLIP vision tower and projector beside a Llama under model.language_model (transformers 5)."""
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+    )
+    config = transformers.LlavaConfig(text_config=transformers.LlamaConfig(**_DECODER), vision_config=vision, image_token_index=255)
+    return transformers.LlavaForConditionalGeneration(config)
+
+
+def _qwen2_vl():
+    """Qwen2-VL: multimodal rotary positions (3-D position ids) even for text alone."""
+    text = dict(model_type="qwen2_vl_text", **_DECODER, rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 4], "rope_theta": 10000.0})
+    vision = {"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "patch_size": 8, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=255, video_token_id=254, vision_start_token_id=253)
+    return transformers.Qwen2VLForConditionalGeneration(config)
+
+
+def _gemma3_vlm():
+    """Gemma 3 with its SigLIP vision tower: a scaled, tied embedding inside model.language_model."""
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+    )
+    text = transformers.Gemma3TextConfig(**_DECODER, head_dim=16)
+    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=255)
+    return transformers.Gemma3ForConditionalGeneration(config)
+
+
 def _opt():
     config = transformers.OPTConfig(
         hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
@@ -155,6 +182,7 @@ FAMILY_BUILDERS = {
     "gemma3": _gemma3, "gemma2": _gemma2, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "phi3": _phi3,
     "phi": _phi, "opt": _opt, "gpt_neox": _gpt_neox, "falcon": _falcon, "bloom": _bloom,
     "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gpt_oss": _gpt_oss, "mamba": _mamba,
+    "llava": _llava, "qwen2_vl": _qwen2_vl, "gemma3_vlm": _gemma3_vlm,
 }
 
 

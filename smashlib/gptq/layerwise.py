@@ -50,6 +50,12 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("OPT (model.model.decoder.layers)", "model.decoder.layers", ("model.decoder.final_layer_norm", "model.decoder.project_out")),
     Layout("GPT-2-like (GPT-2, GPT-J, Falcon, BLOOM: model.transformer.h)", "transformer.h", ("transformer.ln_f",)),
     Layout("GPT-NeoX (Pythia: model.gpt_neox.layers)", "gpt_neox.layers", ("gpt_neox.final_layer_norm",)),
+    # transformers 5's vision-language models keep their language model here: only its blocks are quantized,
+    # calibrated on text alone, as GPTQModel and llm-compressor do; the vision tower stays as it is
+    Layout(
+        "vision-language (Llava, Qwen2-VL, Gemma 3, Mistral 3...: model.model.language_model.layers)",
+        "model.language_model.layers", ("model.language_model.norm",),
+    ),
 )
 
 
