@@ -67,7 +67,6 @@ def tokenizer():
 def test_calibrated_gptq_packs_every_block_layer_and_reloads_exactly(family, tokenizer, tmp_path):
     """GPTQ on data runs each family's blocks on the captured inputs of the first (masks, rotary, ALiBi, ...),
     packs every linear layer of every block, and a saved model loads back into the same layers and logits."""
-    from smashlib import SmashedModel
     from smashlib.gptq.layerwise import block_layer_names, find_layout
     from smashlib.layers.expert_linears import split_experts
     from smashlib.layers.packed_int import PackedLinear
@@ -84,19 +83,24 @@ def test_calibrated_gptq_packs_every_block_layer_and_reloads_exactly(family, tok
     smashed = smash(model, config, verbose=False)
     packed = {name for name, module in smashed.model.named_modules() if isinstance(module, PackedLinear)}
     assert packed == block_layers and len(packed) >= 8
+    assert_reloads_exactly(smashed, inputs, tmp_path / "saved")
+
+
+def assert_reloads_exactly(smashed, inputs, folder):
+    """A saved smashed model loads back into the same layers and gives the same logits, bit for bit."""
+    from smashlib import SmashedModel
+
     with torch.no_grad():
         before = smashed(**inputs).logits
-    smashed.save_pretrained(tmp_path / "saved")
-    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    smashed.save_pretrained(folder)
     with torch.no_grad():
-        assert torch.equal(loaded(**inputs).logits, before)
+        assert torch.equal(SmashedModel.from_pretrained(folder)(**inputs).logits, before)
 
 
 def test_falcon_linear_layers_are_quantized_as_plain_linears(tmp_path):
     """FalconLinear subclasses nn.Linear to add its bias after the product: targeted like nn.Linear, and
     handed to torchao as a plain nn.Linear on the same parameters (torchao's weights implement F.linear),
     at smash time and when loading."""
-    from smashlib import SmashedModel
     from smashlib.targets import is_linear, is_nn_linear
 
     model = build_tiny("falcon")
@@ -107,13 +111,7 @@ def test_falcon_linear_layers_are_quantized_as_plain_linears(tmp_path):
         pytest.skip("torchao is not installed")
     smashed = smash(model, config, verbose=False)
     assert type(smashed.model.transformer.h[0].mlp.dense_h_to_4h) is torch.nn.Linear
-    inputs = tiny_inputs("falcon")
-    with torch.no_grad():
-        before = smashed(**inputs).logits
-    smashed.save_pretrained(tmp_path / "saved")
-    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
-    with torch.no_grad():
-        assert torch.equal(loaded(**inputs).logits, before)
+    assert_reloads_exactly(smashed, tiny_inputs("falcon"), tmp_path / "saved")
 
 
 def test_quantized_nn_linear_subclasses_are_never_taken_for_plain_ones():
