@@ -92,15 +92,9 @@ def upgrade_values(values: Mapping[str, Any], schema_version: int) -> dict[str, 
     for algorithm in chosen:
         new = algorithm.upgrade_settings(dict(settings[algorithm.name]), schema_version)
         if schema_version < 5 and algorithm.group == "quantizer" and algorithm.has_target_modules():
-            new["target_modules"] = with_kept_in_float(new.get("target_modules", default_target_modules(algorithm)))
+            new["target_modules"] = with_kept_in_float(new.get("target_modules", registry.default_settings(algorithm)["target_modules"]))
         upgraded.update({f"{algorithm.name}_{key}": value for key, value in new.items()})
     return upgraded
-
-
-def default_target_modules(algorithm: Any) -> Any:
-    from smashlib.targets import is_target_modules_hyperparameter
-
-    return next(hp.default_value for hp in algorithm.hyperparameters if is_target_modules_hyperparameter(hp))
 
 
 def with_kept_in_float(value: Any) -> dict[str, list[str]]:

@@ -92,25 +92,23 @@ def checkpoint_rows(model: nn.Module, layer_names: list[str]) -> dict[str, list[
         rows = value[:, 0].long()
         owner = layer_names[int(owner_of_row[rows[0]])]
         start = int(rows[0]) - offsets[owner]
-        if not torch.equal(rows, torch.arange(int(rows[0]), int(rows[0]) + len(rows))) or int(owner_of_row[rows[-1]]) != layer_names.index(owner):
+        if not torch.equal(rows, torch.arange(int(rows[0]), int(rows[0]) + len(rows))) or owner_of_row[rows[-1]] != owner_of_row[rows[0]]:
             raise UnsupportedExportError(f"{key}: transformers' checkpoint interleaves the rows of {owner}, which cannot be cut per row.")
         placed[owner].append(CheckpointRows(key[: -len(".weight")], start, start + len(rows), owner in in_fused))
     return placed
 
 
-def float_expert_tensors(model: nn.Module, layer_names: list[str]) -> tuple[set[str], dict[str, torch.Tensor]]:
-    """Split expert projections none of whose layers is in ``layer_names`` (left in float): their module
-    names, and their weights (and biases) put back in the fused tensors transformers' model holds, under
-    the model's names."""
-    names, tensors = set(), {}
+def float_expert_tensors(model: nn.Module, layer_names: list[str]) -> dict[str, torch.Tensor]:
+    """The split expert projections none of whose layers is in ``layer_names`` (left in float), put back in
+    the fused weights (and biases) transformers' model holds, under the model's names."""
+    tensors = {}
     quantized = set(layer_names)
     for fused_name, (module, projection) in _split_projections(model).items():
         layers = getattr(module, projection)
         if any(f"{fused_name}.{index}" in quantized for index in range(len(layers))):
             continue
-        names.add(fused_name)
         weight = torch.stack([layer.weight.detach() for layer in layers])
         tensors[fused_name] = weight.transpose(1, 2) if module.is_transposed else weight
         if layers[0].bias is not None:
             tensors[f"{fused_name}_bias"] = torch.stack([layer.bias.detach() for layer in layers])
-    return names, tensors
+    return tensors

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -127,14 +128,14 @@ def compressed_layer(
     return compressed
 
 
-def dense_tensors(model: nn.Module, packed_names: set[str]) -> dict[str, torch.Tensor]:
-    """Everything that is not a packed layer, as the plain model names it; a packed (tied) embedding
-    becomes its dense table, since the engine's embedding cannot read a quantized head's tensors. Split MoE
-    experts left in float are not here (see :func:`save_compressed_tensors`)."""
-    float_experts, _ = float_expert_tensors(model, list(packed_names))
+def dense_tensors(model: nn.Module, packed_names: set[str], skip: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """Everything that is not a packed layer nor under a module named in ``skip`` (split MoE experts
+    written fused instead), as the plain model names it; a packed (tied) embedding becomes its dense
+    table, since the engine's embedding cannot read a quantized head's tensors."""
+    prefixes = tuple(f"{name}." for name in skip)
     tensors: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
-        if module_name in packed_names or any(module_name.startswith(f"{name}.") for name in float_experts):
+        if module_name in packed_names or (prefixes and module_name.startswith(prefixes)):
             continue
         if isinstance(module, PackedEmbedding):
             tensors[f"{module_name}.weight"] = module.head.dequantize(torch.float32).to(module.dtype)
@@ -230,10 +231,11 @@ def save_compressed_tensors(smashed: Any, path: str | os.PathLike) -> Path:
     untie = any(isinstance(m, PackedEmbedding) for m in model.modules())
     tied = bool(getattr(model_config, "tie_word_embeddings", False)) and not untie
     # named as the checkpoint names them, like the quantized layers (transformers' save_pretrained does the same)
-    dense = revert_weight_conversion(model, _drop_shared(dense_tensors(model, set(packed)), tied))
     # MoE experts left in float: fused, as the model names them. transformers 5's loader takes per-expert
     # float weights in a compressed-tensors checkpoint for packed ones and drops them ("Ckpt contains: 0")
-    dense.update(float_expert_tensors(model, list(packed))[1])
+    float_experts = float_expert_tensors(model, list(packed))
+    dense = revert_weight_conversion(model, _drop_shared(dense_tensors(model, set(packed), float_experts), tied))
+    dense.update(float_experts)
     tensors.update({key: tensor.contiguous() for key, tensor in dense.items()})
 
     components = getattr(getattr(smashed, "smash_config", None), "components", None)

@@ -111,9 +111,6 @@ class SplitExperts:
 
     originals: list[tuple[nn.Module, type, dict[str, nn.Parameter | None]]] = field(default_factory=list)
 
-    def __bool__(self) -> bool:
-        return bool(self.originals)
-
     def restore(self) -> None:
         for module, cls, parameters in reversed(self.originals):
             rebuilt = {name: _stacked_transposed(module._modules[name]) for name, kept in parameters.items() if kept is None}
