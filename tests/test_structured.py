@@ -81,6 +81,61 @@ def test_pruned_model_loads_with_transformers_own_class_and_smashlib(name, targe
     torch.testing.assert_close(_logits(SmashedModel.from_pretrained(tmp_path), name), expected)
 
 
+#: Families beyond the three above, with the widest cut their configs can express
+MORE_FAMILIES = [("gemma3", "both"), ("gemma2", "both"), ("qwen2", "both"), ("qwen3", "both"), ("mistral", "both"),
+                 ("phi3", "mlp"), ("phi", "mlp"), ("opt", "mlp"), ("gpt_neox", "mlp"), ("falcon", "mlp")]
+
+
+def _mlp_downs(model):
+    from smashlib.pruning import blocks_of, find_family
+    from smashlib.pruning.families import sub
+
+    family = find_family(model)
+    return [sub(block, family.mlp_out) for block in blocks_of(model, family)]
+
+
+@pytest.mark.parametrize("name", [name for name, _ in MORE_FAMILIES])
+def test_cutting_mlp_channels_equals_silencing_them_in_the_original(name, tokenizer):
+    """The kept channels' up/gate rows still meet their own down column (Phi-3's fused [gate; up] halves too)."""
+    original = build_tiny(name)
+    cfg = _config({"pruner": "torch_structured", "torch_structured_target": "mlp",
+                   "torch_structured_sparsity": 0.5}, tokenizer)
+    pruned = smash(build_tiny(name), cfg, verbose=False).model
+    for full, cut in zip(_mlp_downs(original), _mlp_downs(pruned)):
+        assert cut.in_features < full.in_features
+        # each kept column is a column of the original; silence every other channel of the original
+        kept = [int((full.weight - column[:, None]).abs().sum(0).argmin()) for column in cut.weight.t()]
+        assert torch.equal(full.weight[:, kept], cut.weight)
+        with torch.no_grad():
+            silenced = torch.ones(full.in_features, dtype=torch.bool)
+            silenced[kept] = False
+            full.weight[:, silenced] = 0
+    torch.testing.assert_close(_logits(pruned, name), _logits(original, name))
+
+
+@pytest.mark.parametrize("name, target", [*MORE_FAMILIES, *((name, "layers") for name, _ in MORE_FAMILIES[::3])])
+def test_more_families_are_cut_and_load_back_in_plain_transformers(name, target, tokenizer, tmp_path):
+    cfg = _config({"pruner": "torch_structured", "torch_structured_target": target,
+                   "torch_structured_sparsity": 0.5}, tokenizer)
+    smashed = smash(build_tiny(name), cfg, verbose=False)
+    assert _count(smashed.model) < _count(build_tiny(name))
+    if target == "both":
+        assert smashed.model.config.num_key_value_heads == 1
+    expected = _logits(smashed, name)
+    smashed.save_pretrained(tmp_path)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(_logits(plain, name), expected)
+    torch.testing.assert_close(_logits(SmashedModel.from_pretrained(tmp_path).model, name), expected)
+
+
+@pytest.mark.parametrize("name", ["phi3", "falcon"])
+def test_fused_attention_families_refuse_head_cuts_and_say_why(name):
+    cfg = _config({"pruner": "torch_structured", "torch_structured_importance": "magnitude",
+                   "torch_structured_target": "heads"})
+    with pytest.raises(UnsupportedModelError, match="fuses q, k and v.*torch_structured_target='mlp'"):
+        smash(build_tiny(name), cfg, verbose=False)
+
+
 def test_removed_layers_follow_the_config_and_the_cache():
     model = build_tiny("llama")
     cfg = _config({"pruner": "torch_structured", "torch_structured_target": "layers",
@@ -193,6 +248,15 @@ def test_distiller_keeps_fewer_layers_and_lowers_the_loss(tokenizer):
     assert smashed.model.config.num_hidden_layers == len(smashed.model.model.layers) == 1
     (log,) = logs
     assert log.evaluations[-1][1] < log.evaluations[0][1]  # closer to the teacher than the truncated student
+
+
+@pytest.mark.parametrize("name", ["gemma3", "phi3", "opt"])
+def test_distiller_trains_other_families_and_they_load_back(name, tokenizer, tmp_path):
+    smashed = smash(build_tiny(name), _config(_distiller(), tokenizer), verbose=False)
+    assert smashed.model.config.num_hidden_layers == len(_mlp_downs(smashed.model)) == 1
+    expected = _logits(smashed, name)
+    smashed.save_pretrained(tmp_path)
+    torch.testing.assert_close(_logits(transformers.AutoModelForCausalLM.from_pretrained(tmp_path), name), expected)
 
 
 def test_distiller_seed_reproduces(tokenizer):

@@ -3,12 +3,15 @@
 Structured pruning must leave a model that transformers rebuilds from its config.json alone, so each family
 states which cuts its config can express:
 
-- Llama-like models (Llama, Mistral, Qwen2/3, SmolLM2) have ``head_dim``, ``num_attention_heads``,
-  ``num_key_value_heads`` and ``intermediate_size``: whole KV groups (one key/value head and the query heads
-  sharing it) and MLP channels can go, with ``head_dim`` kept as it is.
-- GPT-2 and BERT derive the head size from ``hidden_size / num_heads`` and have no field for it (transformers
-  5 also dropped ``pruned_heads``), so a model with fewer heads could not be loaded back: their heads are
-  kept, their MLP channels (``n_inner`` / ``intermediate_size``) and layers can go.
+- Llama-like models (Llama, Mistral, Qwen2/3, SmolLM2) and Gemma 1/2/3 have ``head_dim``,
+  ``num_attention_heads``, ``num_key_value_heads`` and ``intermediate_size``: whole KV groups (one key/value
+  head and the query heads sharing it) and MLP channels can go, with ``head_dim`` kept as it is.
+- GPT-2, BERT, OPT, Phi, Phi-3, GPT-NeoX and Falcon derive the head size from ``hidden_size / num_heads``
+  (Falcon's ``head_dim`` is a read-only property) or fuse q, k and v into one layer, and transformers 5
+  dropped ``pruned_heads``, so a model with fewer heads could not be loaded back: their heads are kept, their
+  MLP channels (``n_inner``, ``intermediate_size``, ``ffn_dim``, ``ffn_hidden_size``) and layers can go.
+- Phi-3 fuses the gate and up projections into one ``gate_up_proj`` whose outputs are the two halves
+  ``[gate; up]``: a channel is one row in each half.
 
 Every family can lose whole layers (``num_hidden_layers``). Widths stay uniform across layers: one config
 field holds one number for all of them.
@@ -38,15 +41,22 @@ class Family:
     attention: tuple[str, str, str, str] | None = None
     #: why heads cannot be removed, when they cannot
     no_heads_reason: str = ""
+    #: how many stacked parts of the MLP width each ``mlp_in`` layer outputs (2: Phi-3's fused [gate; up])
+    mlp_in_parts: int = 1
 
     @property
     def prunes_heads(self) -> bool:
         return self.attention is not None
 
+    @property
+    def rows_per_channel(self) -> int:
+        """Weight rows (or columns) of ``hidden_size`` values that one MLP channel owns, the down projection's included."""
+        return len(self.mlp_in) * self.mlp_in_parts + 1
+
 
 LLAMA = Family(
-    name="Llama-like (Llama, Mistral, Qwen2, Qwen3, SmolLM2)",
-    model_types=("llama", "mistral", "qwen2", "qwen3"),
+    name="Llama-like (Llama, Mistral, Qwen2, Qwen3, SmolLM2, Gemma 1/2/3)",
+    model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"),
     blocks="layers",
     mlp_in=("mlp.gate_proj", "mlp.up_proj"),
     mlp_out="mlp.down_proj",
@@ -76,7 +86,66 @@ BERT = Family(
     no_heads_reason="BERT's config has no head_dim (transformers computes hidden_size / num_attention_heads), "
     "so fewer heads could not be loaded back",
 )
-FAMILIES: tuple[Family, ...] = (LLAMA, GPT2, BERT)
+def _derived_head_size(config_name: str) -> str:
+    return (f"{config_name}'s config has no head_dim field (transformers computes hidden_size / "
+            "num_attention_heads), so fewer heads could not be loaded back")
+
+
+OPT = Family(
+    name="OPT",
+    model_types=("opt",),
+    blocks="decoder.layers",
+    mlp_in=("fc1",),
+    mlp_out="fc2",
+    mlp_width_field="ffn_dim",
+    layers_field="num_hidden_layers",
+    no_heads_reason=_derived_head_size("OPT"),
+)
+PHI = Family(
+    name="Phi (phi-1, phi-2)",
+    model_types=("phi",),
+    blocks="layers",
+    mlp_in=("mlp.fc1",),
+    mlp_out="mlp.fc2",
+    mlp_width_field="intermediate_size",
+    layers_field="num_hidden_layers",
+    no_heads_reason=_derived_head_size("Phi"),
+)
+PHI3 = Family(
+    name="Phi-3 (Phi-3, Phi-3.5, Phi-4-mini)",
+    model_types=("phi3",),
+    blocks="layers",
+    mlp_in=("mlp.gate_up_proj",),
+    mlp_out="mlp.down_proj",
+    mlp_width_field="intermediate_size",
+    layers_field="num_hidden_layers",
+    no_heads_reason="Phi-3 fuses q, k and v into one qkv_proj layer, and its head size follows from hidden_size / "
+    "num_attention_heads",
+    mlp_in_parts=2,
+)
+GPT_NEOX = Family(
+    name="GPT-NeoX (Pythia)",
+    model_types=("gpt_neox",),
+    blocks="layers",
+    mlp_in=("mlp.dense_h_to_4h",),
+    mlp_out="mlp.dense_4h_to_h",
+    mlp_width_field="intermediate_size",
+    layers_field="num_hidden_layers",
+    no_heads_reason="GPT-NeoX fuses q, k and v into one query_key_value layer, and its head size follows from "
+    "hidden_size / num_attention_heads",
+)
+FALCON = Family(
+    name="Falcon",
+    model_types=("falcon",),
+    blocks="h",
+    mlp_in=("mlp.dense_h_to_4h",),
+    mlp_out="mlp.dense_4h_to_h",
+    mlp_width_field="ffn_hidden_size",
+    layers_field="num_hidden_layers",
+    no_heads_reason="Falcon fuses q, k and v into one query_key_value layer, and its head_dim is computed from "
+    "hidden_size / num_attention_heads",
+)
+FAMILIES: tuple[Family, ...] = (LLAMA, GPT2, BERT, OPT, PHI, PHI3, GPT_NEOX, FALCON)
 
 
 def supported_families() -> str:
@@ -119,7 +188,12 @@ def sub(block: nn.Module, path: str) -> nn.Module:
     return _lookup(block, path)
 
 
+def mlp_width_of(block: nn.Module, family: Family) -> int:
+    """One block's MLP hidden width: the down projection's inputs."""
+    in_features, _, _ = linear_sizes(sub(block, family.mlp_out))
+    return in_features
+
+
 def mlp_width(model: nn.Module, family: Family) -> int:
     """The MLP's hidden width (the same in every block)."""
-    in_features, _, _ = linear_sizes(sub(blocks_of(model, family)[0], family.mlp_out))
-    return in_features
+    return mlp_width_of(blocks_of(model, family)[0], family)

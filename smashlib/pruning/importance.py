@@ -48,8 +48,8 @@ def group_magnitude(block: nn.Module, family: Family, head_dim: int) -> torch.Te
 
 def channel_magnitude(block: nn.Module, family: Family) -> torch.Tensor:
     total = input_norms(sub(block, family.mlp_out)).pow(2)
-    for path in family.mlp_in:
-        total = total + output_norms(sub(block, path)).pow(2)
+    for path in family.mlp_in:  # a fused layer's parts ([gate; up]) each hold one row of every channel
+        total = total + output_norms(sub(block, path)).pow(2).view(family.mlp_in_parts, -1).sum(0)
     return total.sqrt()
 
 

@@ -46,7 +46,7 @@ def make_plan(model: nn.Module, family: Family, target: str, sparsity: float) ->
         return Plan(layers_removed=removed)
     width = mlp_width(model, family)
     hidden = model.config.hidden_size
-    per_channel = hidden * (len(family.mlp_in) + 1)
+    per_channel = hidden * family.rows_per_channel
     groups_removed = 0
     budget = sparsity * width * per_channel
     if target in ("both", "heads"):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from smashlib.pruning.channels import keep_inputs, keep_outputs
-from smashlib.pruning.families import Family, blocks_of, set_blocks, sub
+from smashlib.pruning.families import Family, blocks_of, mlp_width_of, set_blocks, sub
 
 
 def head_dim_of(model: nn.Module) -> int:
@@ -23,8 +23,10 @@ def keep_channels(model: nn.Module, family: Family, kept: Sequence[torch.Tensor]
     """Keep MLP channels ``kept[i]`` (one index tensor per block, all the same length)."""
     for block, index in zip(blocks_of(model, family), kept):
         index = index.sort().values
+        width = mlp_width_of(block, family)
+        rows = torch.cat([index + part * width for part in range(family.mlp_in_parts)])  # [gate; up] halves
         for path in family.mlp_in:
-            keep_outputs(sub(block, path), index)
+            keep_outputs(sub(block, path), rows)
         keep_inputs(sub(block, family.mlp_out), index)
     setattr(model.config, family.mlp_width_field, len(kept[0]))
 
