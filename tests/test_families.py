@@ -49,6 +49,23 @@ def test_relative_logit_error_is_bounded(quantizer, family):
     assert error < bound, f"{quantizer} on {family}: relative logit error {error:.4f} >= {bound}"
 
 
+@pytest.mark.parametrize("quantizer", list(QUANTIZERS))
+@pytest.mark.parametrize("tokens", [1, 5, 16])  # the decode kernels, and the longer-call ones
+def test_quantized_layers_take_strided_inputs(quantizer, tokens):
+    """Models pass transposed or sliced activations (Mamba's mixer): hqq's int4 kernel once refused them."""
+    values = QUANTIZERS[quantizer][0]
+    missing = registry.get_algorithm(values["quantizer"]).missing_packages()
+    if missing:
+        pytest.skip(f"{values['quantizer']} needs {missing}")
+    smashed = smash(build_tiny("llama"), SmashConfig(values, device="cpu"), verbose=False)
+    layer = smashed.model.model.layers[0].mlp.up_proj
+    dtype = smashed.model.model.norm.weight.dtype
+    strided = torch.randn(64, 2 * tokens).to(dtype)[:, ::2].t().unsqueeze(0)
+    assert not strided.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(layer(strided), layer(strided.contiguous()))
+
+
 def test_gemma3_tied_head_keeps_the_embedding_scale():
     """The quantized head's tied embedding multiplies by sqrt(hidden), as Gemma3TextScaledWordEmbedding does."""
     smashed = smash(build_tiny("gemma3"), SmashConfig(QUANTIZERS["gptq"][0], device="cpu"), verbose=False)

@@ -71,5 +71,7 @@ def int4_cpu_pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
 
 
 def int4_cpu_matmul(rows: torch.Tensor, packed: torch.Tensor, group: int, scales_and_offsets: torch.Tensor) -> torch.Tensor:
-    """rows [n, in] (cast to bf16) @ W.T on the int4 CPU kernel; bf16 out."""
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16), packed, group, scales_and_offsets)
+    """rows [n, in] (cast to bf16) @ W.T on the int4 CPU kernel; bf16 out. The kernel refuses strided rows,
+    which callers get from transposed activations (Mamba's mixer, a reshape of a sliced batch)."""
+    rows = rows.to(torch.bfloat16).contiguous()
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group, scales_and_offsets)
