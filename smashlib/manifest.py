@@ -129,6 +129,8 @@ SAVED_MODEL = Section({
         "attn_implementation": Field(ATTENTION, required=False, nullable=True),
         "dtype": Field(STRING, required=False, nullable=True),
         "source": Field(STRING, required=False, nullable=True),
+        "buffer_dtypes": Field(MapOf(STRING), required=False),
+        "split_experts": Field(BOOLEAN, required=False),
     })),
     "weights": Field(Section({
         "file": Field(RELATIVE_FILE),

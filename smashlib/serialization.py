@@ -53,7 +53,15 @@ from smashlib.errors import (
 )
 from smashlib.layers.expert_linears import has_split_experts, split_experts
 from smashlib.manifest import FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, read_manifest
-from smashlib.skeleton import TRANSFORMERS, build_skeleton, describe_model, model_class, save_custom_code
+from smashlib.skeleton import (
+    TRANSFORMERS,
+    build_skeleton,
+    describe_model,
+    dtype_name,
+    model_class,
+    restore_buffer_dtypes,
+    save_custom_code,
+)
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "WEIGHTS_FILE", "load_smashed_model", "read_manifest",
            "resolve_folder", "save_smashed_model"]
@@ -279,6 +287,12 @@ def _write_model_files(model: torch.nn.Module, config: SmashConfig, folder: Path
         save_custom_code(model, folder)
     model_config = getattr(model, "config", None)
     if model_config is not None and hasattr(model_config, "save_pretrained"):
+        model_config = copy.copy(model_config)
+        # as transformers' save_pretrained does: the dtype the model computes in, which config.dtype does not
+        # hold after model.to(torch.bfloat16); loading builds the model in it (a tied embedding's output dtype)
+        dtype = dtype_name(model)
+        if dtype is not None and hasattr(model_config, "dtype"):
+            model_config.dtype = dtype
         model_config.save_pretrained(folder)
         written["config"] = True
     generation_config = getattr(model, "generation_config", None)
@@ -789,6 +803,7 @@ def load_smashed_model(
     _put_weights(model, state, folder, algorithms)
     retie(model, tied)
     model = model.to(device).eval()
+    restore_buffer_dtypes(model, saved["model"].get("buffer_dtypes", {}))
     still_empty = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if still_empty:
         raise SmashedModelLoadError(

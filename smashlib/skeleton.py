@@ -47,6 +47,34 @@ def dtype_name(model: torch.nn.Module) -> str | None:
     return None
 
 
+def computed_buffer_dtypes(model: torch.nn.Module) -> dict[str, str]:
+    """dtype of each floating buffer the weights file does not hold (non-persistent: rotary inverse
+    frequencies, position ids), by name. The skeleton recomputes them in the dtype the model code chooses
+    (float32 for rotary frequencies), but ``model.to(torch.bfloat16)`` casts them: recorded so that a loaded
+    model computes as the saved one did."""
+    dtypes = {}
+    for prefix, module in model.named_modules():
+        for name in module._non_persistent_buffers_set:
+            buffer = module._buffers.get(name)
+            if buffer is not None and buffer.is_floating_point():
+                dtypes[f"{prefix}.{name}" if prefix else name] = str(buffer.dtype).removeprefix("torch.")
+    return dtypes
+
+
+def restore_buffer_dtypes(model: torch.nn.Module, dtypes: dict[str, str]) -> None:
+    """Cast the non-persistent buffers named in ``dtypes`` (see :func:`computed_buffer_dtypes`) back to them."""
+    for name, dtype_text in dtypes.items():
+        owner_name, _, buffer_name = name.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name)
+        except AttributeError:
+            continue  # a module an algorithm replaced or removed: nothing to restore
+        buffer = owner._buffers.get(buffer_name)
+        dtype = getattr(torch, dtype_text, None)
+        if buffer is not None and isinstance(dtype, torch.dtype) and buffer.dtype != dtype:
+            owner._buffers[buffer_name] = buffer.to(dtype)
+
+
 def describe_model(model: torch.nn.Module) -> dict[str, Any]:
     """What smash_config.json records to rebuild ``model``'s module tree."""
     cls = type(model)
@@ -66,6 +94,7 @@ def describe_model(model: torch.nn.Module) -> dict[str, Any]:
         "dtype": dtype_name(model),
         # the Hub id it came from, for the model card's base_model (a local path is not recorded: it is private)
         "source": _hub_id(getattr(config, "_name_or_path", None)),
+        "buffer_dtypes": computed_buffer_dtypes(model),
         # smash() gave each MoE expert its own linear layers (smashlib.layers.expert_linears): so must loading
         **({"split_experts": True} if has_split_experts(model) else {}),
     }

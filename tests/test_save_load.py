@@ -176,6 +176,27 @@ def test_model_loaded_in_bfloat16_by_transformers_round_trips(tmp_path):
     assert json.loads((tmp_path / "saved" / "smash_config.json").read_text())["saved_model"]["model"]["dtype"] == "bfloat16"
 
 
+@pytest.mark.parametrize("quantizer", ["torch_dynamic", "gptq", "hqq", "bnb_4bit", "torchao", "quanto", "llm_int8"])
+def test_model_cast_to_bfloat16_round_trips(quantizer, tmp_path):
+    """model.to(torch.bfloat16) leaves config.dtype unset and casts the rotary frequencies, which the saved
+    weights do not hold: the folder records both (a tied int8 embedding once came back computing in float32)."""
+    algorithm = registry.get_algorithm(quantizer)
+    if algorithm.missing_packages():
+        pytest.skip(f"{quantizer} needs {algorithm.missing_packages()}")
+    model = build_tiny("llama").to(torch.bfloat16)
+    values = {"quantizer": quantizer}
+    if quantizer == "gptq":
+        values.update(gptq_method="rtn", gptq_target_modules="all_linear")
+    smashed = smash(model, SmashConfig(values, device="cpu"), verbose=False)
+    before = run(smashed, "llama")
+    smashed.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert smashed.model.config.dtype is None  # the user's model's config is not changed by saving
+    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    assert loaded.model.model.rotary_emb.inv_freq.dtype == torch.bfloat16
+    assert_same(before, run(loaded, "llama"))
+
+
 # ====================================================================== the folder
 def test_folder_holds_compressed_weights_configs_tokenizer_and_smash_config(tmp_path):
     tokenizer = tiny_tokenizer()
