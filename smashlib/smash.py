@@ -72,9 +72,10 @@ def smash(model: torch.nn.Module, config: SmashConfig, verbose: bool = True, rep
         except SmashError:
             raise
         except Exception as error:
+            before = f"after {', '.join(applied)} was applied" if applied else "as the first algorithm"
             raise SmashError(
-                f"{algorithm.name} failed after {', '.join(applied) or 'nothing'} was applied "
-                f"(the model may be partly modified): {type(error).__name__}: {error}"
+                f"{algorithm.name} failed {before} (the model may be partly modified: load it again before "
+                f"retrying): {type(error).__name__}: {error}"
             ) from error
         applied.append(algorithm.name)
     config.components.kept.clear()  # a teacher copy must not outlive the run

@@ -128,6 +128,42 @@ def test_more_families_are_cut_and_load_back_in_plain_transformers(name, target,
     torch.testing.assert_close(_logits(SmashedModel.from_pretrained(tmp_path).model, name), expected)
 
 
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe", "gpt_oss", "bloom", "mamba"])
+def test_layer_only_families_lose_layers_and_load_back(name, tokenizer, tmp_path):
+    model = build_tiny(name)
+    if name == "qwen2_moe":
+        model.config.mlp_only_layers = [1]  # the second block has a dense MLP: it must stay dense when renumbered
+        model = type(model)(model.config).eval()
+    cfg = _config({"pruner": "torch_structured", "torch_structured_target": "layers",
+                   "torch_structured_sparsity": 0.5}, tokenizer)
+    smashed = smash(model, cfg, verbose=False)
+    assert smashed.model.config.num_hidden_layers == 1
+    expected = _logits(smashed, name)
+    smashed.save_pretrained(tmp_path)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(_logits(plain, name), expected)
+    if name == "qwen2_moe":
+        kept = smashed.model.model.layers[0]
+        assert type(plain.model.layers[0].mlp) is type(kept.mlp)
+
+
+@pytest.mark.parametrize("name", ["mixtral", "bloom", "mamba"])
+def test_layer_only_families_refuse_channel_cuts_and_say_why(name):
+    cfg = _config({"pruner": "torch_structured", "torch_structured_importance": "magnitude",
+                   "torch_structured_target": "mlp"})
+    with pytest.raises(UnsupportedModelError, match="cannot remove MLP channels.*torch_structured_target='layers'"):
+        smash(build_tiny(name), cfg, verbose=False)
+
+
+def test_index_dependent_block_kinds_are_refused_before_anything_is_cut(tokenizer):
+    model = build_tiny("qwen2_moe")
+    model.config.decoder_sparse_step = 2
+    cfg = _config({"pruner": "torch_structured", "torch_structured_target": "layers"}, tokenizer)
+    with pytest.raises(UnsupportedModelError, match="decoder_sparse_step=2"):
+        smash(model, cfg, verbose=False)
+    assert len(model.model.layers) == 2
+
+
 @pytest.mark.parametrize("name", ["phi3", "falcon"])
 def test_fused_attention_families_refuse_head_cuts_and_say_why(name):
     cfg = _config({"pruner": "torch_structured", "torch_structured_importance": "magnitude",
@@ -250,10 +286,12 @@ def test_distiller_keeps_fewer_layers_and_lowers_the_loss(tokenizer):
     assert log.evaluations[-1][1] < log.evaluations[0][1]  # closer to the teacher than the truncated student
 
 
-@pytest.mark.parametrize("name", ["gemma3", "phi3", "opt"])
+@pytest.mark.parametrize("name", ["gemma3", "phi3", "opt", "mixtral", "mamba"])
 def test_distiller_trains_other_families_and_they_load_back(name, tokenizer, tmp_path):
     smashed = smash(build_tiny(name), _config(_distiller(), tokenizer), verbose=False)
-    assert smashed.model.config.num_hidden_layers == len(_mlp_downs(smashed.model)) == 1
+    from smashlib.pruning import blocks_of, find_family
+
+    assert smashed.model.config.num_hidden_layers == len(blocks_of(smashed.model, find_family(smashed.model))) == 1
     expected = _logits(smashed, name)
     smashed.save_pretrained(tmp_path)
     torch.testing.assert_close(_logits(transformers.AutoModelForCausalLM.from_pretrained(tmp_path), name), expected)

@@ -19,7 +19,15 @@ from torch import nn
 
 from smashlib.algorithm import Algorithm
 from smashlib.errors import HyperparameterValueError, UnsupportedModelError
-from smashlib.pruning import activation_scores, blocks_of, evenly_spaced, find_family, keep_layers, supported_families
+from smashlib.pruning import (
+    activation_scores,
+    blocks_of,
+    evenly_spaced,
+    find_family,
+    keep_layers,
+    layer_removal_problem,
+    supported_families,
+)
 from smashlib.training import TrainingOptions, fitting_length, train_to_match, training_batches
 
 SELECTIONS = ("evenly_spaced", "importance")
@@ -81,6 +89,9 @@ class DepthDistiller(Algorithm):
             )
         if len(blocks_of(model, family)) < 2:
             raise UnsupportedModelError("depth_distiller needs a model with at least 2 layers to keep fewer of them.")
+        problem = layer_removal_problem(model.config)
+        if problem:
+            raise UnsupportedModelError(f"depth_distiller cannot drop layers of {type(model).__name__}: {problem}.")
 
     def prepare_run(self, model, settings, components):
         total = len(blocks_of(model, find_family(model)))

@@ -17,7 +17,7 @@ from torch import nn
 
 from smashlib.algorithm import Algorithm
 from smashlib.errors import SmashConfigError, UnsupportedModelError
-from smashlib.pruning import TARGETS, apply_plan, find_family, make_plan, supported_families
+from smashlib.pruning import TARGETS, apply_plan, find_family, layer_removal_problem, make_plan, supported_families
 
 #: Tokens per calibration sequence when importance is measured on data.
 SEQUENCE_LENGTH = 256
@@ -57,6 +57,14 @@ class TorchStructured(Algorithm):
     def prepare_run(self, model, settings, components):
         """The check that needs both the model and the settings, run by smash() before anything is cut."""
         family = find_family(model)
+        problem = layer_removal_problem(model.config)
+        if settings["target"] == "layers" and problem:
+            raise UnsupportedModelError(f"torch_structured cannot remove layers of {type(model).__name__}: {problem}.")
+        if settings["target"] in ("mlp", "both") and not family.prunes_channels:
+            raise UnsupportedModelError(
+                f"torch_structured cannot remove MLP channels from {family.name}: {family.no_channels_reason}. "
+                "Set torch_structured_target='layers'."
+            )
         if settings["target"] in ("heads", "both") and not family.prunes_heads:
             raise UnsupportedModelError(
                 f"torch_structured cannot remove heads from {family.name}: {family.no_heads_reason}. "

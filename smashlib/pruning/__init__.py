@@ -6,7 +6,7 @@ Used by the ``torch_structured`` pruner and by the distiller (layer choice). See
 from smashlib.pruning.families import Family, blocks_of, find_family, supported_families
 from smashlib.pruning.importance import activation_scores
 from smashlib.pruning.plan import TARGETS, Plan, apply_plan, make_plan
-from smashlib.pruning.surgery import evenly_spaced, keep_layers
+from smashlib.pruning.surgery import evenly_spaced, keep_layers, layer_removal_problem
 
 __all__ = [
     "TARGETS",
@@ -18,6 +18,7 @@ __all__ = [
     "evenly_spaced",
     "find_family",
     "keep_layers",
+    "layer_removal_problem",
     "make_plan",
     "supported_families",
 ]

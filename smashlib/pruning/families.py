@@ -13,8 +13,9 @@ states which cuts its config can express:
 - Phi-3 fuses the gate and up projections into one ``gate_up_proj`` whose outputs are the two halves
   ``[gate; up]``: a channel is one row in each half.
 
-Every family can lose whole layers (``num_hidden_layers``). Widths stay uniform across layers: one config
-field holds one number for all of them.
+Every family can lose whole layers (``num_hidden_layers``; per-layer config lists such as ``layer_types`` and
+Qwen-MoE's ``mlp_only_layers`` follow). Mixture-of-experts models, BLOOM and Mamba can lose layers only.
+Widths stay uniform across layers: one config field holds one number for all of them.
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ class Family:
     model_types: tuple[str, ...]
     blocks: str
     mlp_in: tuple[str, ...]  # layers whose output channels are the MLP's hidden channels
-    mlp_out: str  # the layer reading them
-    mlp_width_field: str
+    mlp_out: str | None  # the layer reading them; None where only whole layers can go
+    mlp_width_field: str | None
     layers_field: str
     #: (q, k, v, o) projections, when the config can express fewer heads; None otherwise
     attention: tuple[str, str, str, str] | None = None
@@ -44,9 +45,16 @@ class Family:
     #: how many stacked parts of the MLP width each ``mlp_in`` layer outputs (2: Phi-3's fused [gate; up])
     mlp_in_parts: int = 1
 
+    #: why MLP channels cannot be removed, when they cannot
+    no_channels_reason: str = ""
+
     @property
     def prunes_heads(self) -> bool:
         return self.attention is not None
+
+    @property
+    def prunes_channels(self) -> bool:
+        return self.mlp_out is not None
 
     @property
     def rows_per_channel(self) -> int:
@@ -145,7 +153,43 @@ FALCON = Family(
     no_heads_reason="Falcon fuses q, k and v into one query_key_value layer, and its head_dim is computed from "
     "hidden_size / num_attention_heads",
 )
-FAMILIES: tuple[Family, ...] = (LLAMA, GPT2, BERT, OPT, PHI, PHI3, GPT_NEOX, FALCON)
+_EXPERTS = ("its MLP is a mixture of experts, each with its own width, which one config field cannot describe "
+            "after a cut")
+_NO_HEADS_MOE = "structured pruning of mixture-of-experts models removes whole layers only"
+MOE = Family(
+    name="mixture of experts, layers only (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS)",
+    model_types=("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"),
+    blocks="layers",
+    mlp_in=(),
+    mlp_out=None,
+    mlp_width_field=None,
+    layers_field="num_hidden_layers",
+    no_heads_reason=_NO_HEADS_MOE,
+    no_channels_reason=_EXPERTS,
+)
+BLOOM = Family(
+    name="BLOOM, layers only",
+    model_types=("bloom",),
+    blocks="h",
+    mlp_in=(),
+    mlp_out=None,
+    mlp_width_field=None,
+    layers_field="num_hidden_layers",
+    no_heads_reason=_derived_head_size("BLOOM"),
+    no_channels_reason="BLOOM's MLP width is 4 x hidden_size in its code, with no config field to hold a smaller one",
+)
+MAMBA = Family(
+    name="Mamba, layers only",
+    model_types=("mamba",),
+    blocks="layers",
+    mlp_in=(),
+    mlp_out=None,
+    mlp_width_field=None,
+    layers_field="num_hidden_layers",
+    no_heads_reason="Mamba has no attention heads",
+    no_channels_reason="Mamba's blocks are state-space mixers, not MLPs",
+)
+FAMILIES: tuple[Family, ...] = (LLAMA, GPT2, BERT, OPT, PHI, PHI3, GPT_NEOX, FALCON, MOE, BLOOM, MAMBA)
 
 
 def supported_families() -> str:
@@ -169,7 +213,9 @@ def find_family(model: nn.Module) -> Family | None:
         if model_type not in family.model_types or base is None:
             continue
         blocks = _lookup(base, family.blocks)
-        if isinstance(blocks, nn.ModuleList) and len(blocks) and _lookup(blocks[0], family.mlp_out) is not None:
+        if not (isinstance(blocks, nn.ModuleList) and len(blocks)):
+            continue
+        if family.mlp_out is None or _lookup(blocks[0], family.mlp_out) is not None:
             return family
     return None
 

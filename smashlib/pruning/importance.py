@@ -82,9 +82,8 @@ class _Recorder:
         self.head_dim = head_dim
         self.handles = []
         for index, block in enumerate(self.blocks):
-            self.handles.append(
-                sub(block, family.mlp_out).register_forward_pre_hook(self._channels(index))
-            )
+            if family.prunes_channels:
+                self.handles.append(sub(block, family.mlp_out).register_forward_pre_hook(self._channels(index)))
             if heads:
                 self.handles.append(sub(block, family.attention[3]).register_forward_pre_hook(self._heads(index)))
             self.handles.append(block.register_forward_hook(self._influence(index), with_kwargs=True))
@@ -135,8 +134,9 @@ def activation_scores(
     tokens = max(recorder.tokens, 1)
     scores = Scores(layers=recorder.influence / tokens)
     for index, block in enumerate(recorder.blocks):
-        down = input_norms(sub(block, family.mlp_out))
-        scores.channels.append(recorder.channel_sums[index] / tokens * down)
+        if family.prunes_channels:
+            down = input_norms(sub(block, family.mlp_out))
+            scores.channels.append(recorder.channel_sums[index] / tokens * down)
         if heads:
             o = sub(block, family.attention[3])
             column = input_norms(o).pow(2).view(-1, head_dim).sum(1).sqrt()  # per query head

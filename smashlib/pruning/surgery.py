@@ -64,9 +64,27 @@ def keep_layers(model: nn.Module, family: Family, kept: Sequence[int]) -> None:
     set_blocks(model, family, new)
     config = model.config
     layer_types = getattr(config, "layer_types", None)
-    if isinstance(layer_types, list) and len(layer_types) == len(blocks):
+    computed = isinstance(getattr(type(config), "layer_types", None), property)  # Mamba's follows the layer count
+    if isinstance(layer_types, list) and len(layer_types) == len(blocks) and not computed:
         config.layer_types = [layer_types[i] for i in kept]
+    dense = getattr(config, "mlp_only_layers", None)  # Qwen-MoE: the indices of the blocks with a dense MLP
+    if isinstance(dense, list):
+        config.mlp_only_layers = [position for position, index in enumerate(kept) if index in dense]
     setattr(config, family.layers_field, len(kept))
+
+
+def layer_removal_problem(config) -> str | None:
+    """Why whole layers cannot be removed from a model with this config, or None. Some configs choose each
+    block's kind by its index in a way a shorter list cannot keep (every n-th block sparse; the first k dense)."""
+    step = getattr(config, "decoder_sparse_step", None)
+    if isinstance(step, int) and step > 1:
+        return (f"its config makes every {step}-th block a mixture of experts (decoder_sparse_step={step}), a rule "
+                "that renumbered blocks would not follow")
+    first_dense = getattr(config, "first_k_dense_replace", None)
+    if isinstance(first_dense, int) and first_dense > 0:
+        return (f"its config makes the first {first_dense} blocks dense (first_k_dense_replace={first_dense}), a "
+                "rule that renumbered blocks would not follow")
+    return None
 
 
 def evenly_spaced(total: int, keep: int) -> list[int]:
