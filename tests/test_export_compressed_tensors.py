@@ -105,6 +105,24 @@ def test_act_order_with_groups_is_refused_with_the_fix(tokenizer, tmp_path):
     assert not (tmp_path / "ct").exists()
 
 
+@pytest.mark.parametrize("pruner", [{"pruner": "torch_structured", "torch_structured_sparsity": 0.5},
+                                    {"distiller": "depth_distiller", "depth_distiller_keep_layers": 1,
+                                     "depth_distiller_steps": 0, "depth_distiller_layer_selection": "evenly_spaced"}],
+                         ids=["torch_structured", "depth_distiller"])
+def test_a_pruned_and_quantized_model_loads_in_plain_transformers(pruner, tokenizer, tmp_path):
+    """Pruning leaves a smaller model its config.json describes: the export writes it as any other."""
+    smashed = smash_gptq(tokenizer, gptq_weight_bits=8, gptq_group_size=-1, **pruner)
+    assert smashed.model.num_parameters() < build_tiny("llama").num_parameters()
+    smashed.save_pretrained(tmp_path / "ct", format="compressed-tensors")
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ct", dtype=torch.float32).eval()
+    inputs = tiny_inputs("llama")
+    with torch.no_grad():
+        ours, theirs = smashed(**inputs).logits.float(), plain(**inputs).logits.float()
+    assert ((theirs - ours).norm() / ours.norm()).item() < 1e-3
+
+
 def test_other_algorithms_are_refused(tmp_path):
     smashed = smash(build_tiny("llama"), SmashConfig({"quantizer": "half"}, device="cpu"), verbose=False)
     with warnings.catch_warnings(), pytest.raises(UnsupportedExportError, match="gptq"):

@@ -164,6 +164,35 @@ def test_other_architectures_and_algorithms_are_refused(tokenizer, tmp_path):
         smashed.save_pretrained(tmp_path / "h.gguf", format="ggfu")
 
 
+@pytest.mark.parametrize("target", ["both", "layers"])
+def test_a_pruned_model_exports_its_smaller_shapes(tokenizer, target, tmp_path):
+    """torch_structured leaves a Llama that config.json describes; with heads cut, head_dim is no longer
+    hidden / heads, and llama.cpp refuses the file unless key_length and value_length say it."""
+    smashed = smash_on_grid(tokenizer, "q8_0", gptq_method="rtn", pruner="torch_structured",
+                            torch_structured_target=target, torch_structured_sparsity=0.5)
+    config = smashed.model.config
+    path = smashed.save_pretrained(tmp_path / "m.gguf", format="gguf")
+    reader, tensors = read(path)
+    fields = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    assert fields["llama.block_count"] == config.num_hidden_layers == len(smashed.model.model.layers)
+    assert fields["llama.attention.head_count"] == config.num_attention_heads
+    if target == "both":
+        assert config.head_dim != config.hidden_size // config.num_attention_heads
+        assert fields["llama.attention.key_length"] == fields["llama.attention.value_length"] == config.head_dim
+    assert tensors["blk.0.attn_q.weight"].shape[1] == config.num_attention_heads * config.head_dim
+    try:
+        import llama_cpp  # optional: the benchmarks' engine, built from source, never installed by CI
+    except ImportError:
+        return
+    ids = tokenizer("the quick brown fox jumps over the lazy dog")["input_ids"][:8]
+    engine = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=64)
+    engine.eval(ids)
+    theirs = torch.tensor(np.array(engine.scores[: len(ids)]))
+    with torch.no_grad():
+        ours = smashed(input_ids=torch.tensor([ids])).logits[0].float()
+    assert ((theirs - ours).norm() / ours.norm()).item() < 0.03  # llama.cpp's int8 activations: ~0.01
+
+
 def test_a_grid_needs_its_bits_and_block_size():
     with pytest.raises(SmashConfigError, match="gptq_weight_bits=8 and gptq_group_size=32"):
         smash(build_tiny("llama"), SmashConfig({"quantizer": "gptq", "gptq_grid": "q8_0", "gptq_method": "rtn"}, device="cpu"))

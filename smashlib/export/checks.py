@@ -10,6 +10,9 @@ from smashlib.errors import UnsupportedExportError
 #: Algorithms that leave no trace in the weights (they are re-applied when a smashlib folder loads,
 #: and an engine reading an exported file does its own compiling, caching and batching).
 RUNTIME_GROUPS = ("cacher", "compiler", "batcher")
+#: Algorithms whose result is an ordinary model of the same architecture that config.json describes (fewer
+#: heads, channels or layers; zeros in the weights), so an exporter writes it as it writes any model.
+STRUCTURAL = ("torch_structured", "depth_distiller", "torch_unstructured")
 
 
 def unwrap(smashed: Any) -> tuple[nn.Module, list[str]]:

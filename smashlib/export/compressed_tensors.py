@@ -35,7 +35,7 @@ from torch import nn
 
 from smashlib.errors import UnsupportedExportError
 from smashlib.export.checkpoint_names import checkpoint_rows, float_expert_tensors
-from smashlib.export.checks import refuse_algorithms, unwrap
+from smashlib.export.checks import STRUCTURAL, refuse_algorithms, unwrap
 from smashlib.layers.packed_int import PackedEmbedding, PackedLinear
 
 FORMAT = "compressed-tensors"
@@ -191,7 +191,7 @@ def save_compressed_tensors(smashed: Any, path: str | os.PathLike) -> Path:
 
     model, algorithms = unwrap(smashed)
     refuse_algorithms(
-        algorithms, ("gptq",), FORMAT,
+        algorithms, ("gptq", *STRUCTURAL), FORMAT,
         "Re-smash with quantizer='gptq' (gptq_method='gptq' or 'rtn') to get int4/int8 weights it can store.",
     )
     packed = {name: module for name, module in model.named_modules() if isinstance(module, PackedLinear)}

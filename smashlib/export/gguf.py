@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from smashlib.errors import UnsupportedExportError
-from smashlib.export.checks import refuse_algorithms, unwrap
+from smashlib.export.checks import STRUCTURAL, refuse_algorithms, unwrap
 from smashlib.export.gguf_blocks import block_bytes, block_type
 from smashlib.layers.linear_like import is_linear_like
 from smashlib.layers.packed_int import PackedEmbedding, PackedLinear
@@ -212,6 +212,9 @@ def write_architecture(writer: Any, config: Any, file_type: int) -> None:
     writer.add_head_count(heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // heads:  # pruned heads (head_dim kept): llama.cpp derives it otherwise
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_file_type(file_type)
@@ -234,7 +237,7 @@ def save_gguf(
 
     model, algorithms = unwrap(smashed)
     refuse_algorithms(
-        algorithms, ("gptq",), FORMAT,
+        algorithms, ("gptq", *STRUCTURAL), FORMAT,
         "Re-smash with quantizer='gptq' and gptq_grid='q8_0', 'q4_0' or 'q4_1' (llama.cpp's block grids).",
     )
     if float_type not in ("f32", "f16"):
