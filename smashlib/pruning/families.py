@@ -156,38 +156,24 @@ FALCON = Family(
 _EXPERTS = ("its MLP is a mixture of experts, each with its own width, which one config field cannot describe "
             "after a cut")
 _NO_HEADS_MOE = "structured pruning of mixture-of-experts models removes whole layers only"
-MOE = Family(
-    name="mixture of experts, layers only (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS)",
-    model_types=("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"),
-    blocks="layers",
-    mlp_in=(),
-    mlp_out=None,
-    mlp_width_field=None,
-    layers_field="num_hidden_layers",
-    no_heads_reason=_NO_HEADS_MOE,
-    no_channels_reason=_EXPERTS,
+def layers_only(name: str, model_types: tuple[str, ...], blocks: str, no_heads_reason: str, no_channels_reason: str) -> Family:
+    """A family whose config can only lose whole layers."""
+    return Family(name=name, model_types=model_types, blocks=blocks, mlp_in=(), mlp_out=None, mlp_width_field=None,
+                  layers_field="num_hidden_layers", no_heads_reason=no_heads_reason,
+                  no_channels_reason=no_channels_reason)
+
+
+MOE = layers_only(
+    "mixture of experts, layers only (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS)",
+    ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"), "layers", _NO_HEADS_MOE, _EXPERTS,
 )
-BLOOM = Family(
-    name="BLOOM, layers only",
-    model_types=("bloom",),
-    blocks="h",
-    mlp_in=(),
-    mlp_out=None,
-    mlp_width_field=None,
-    layers_field="num_hidden_layers",
-    no_heads_reason=_derived_head_size("BLOOM"),
-    no_channels_reason="BLOOM's MLP width is 4 x hidden_size in its code, with no config field to hold a smaller one",
+BLOOM = layers_only(
+    "BLOOM, layers only", ("bloom",), "h", _derived_head_size("BLOOM"),
+    "BLOOM's MLP width is 4 x hidden_size in its code, with no config field to hold a smaller one",
 )
-MAMBA = Family(
-    name="Mamba, layers only",
-    model_types=("mamba",),
-    blocks="layers",
-    mlp_in=(),
-    mlp_out=None,
-    mlp_width_field=None,
-    layers_field="num_hidden_layers",
-    no_heads_reason="Mamba has no attention heads",
-    no_channels_reason="Mamba's blocks are state-space mixers, not MLPs",
+MAMBA = layers_only(
+    "Mamba, layers only", ("mamba",), "layers", "Mamba has no attention heads",
+    "Mamba's blocks are state-space mixers, not MLPs",
 )
 FAMILIES: tuple[Family, ...] = (LLAMA, GPT2, BERT, OPT, PHI, PHI3, GPT_NEOX, FALCON, MOE, BLOOM, MAMBA)
 
