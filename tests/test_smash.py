@@ -63,6 +63,9 @@ def test_a_failing_algorithm_says_which_and_what_was_applied(monkeypatch):
     cfg = SmashConfig({"pruner": "torch_unstructured", "quantizer": "half"}, device="cpu")
     with pytest.raises(SmashError, match="half failed after torch_unstructured was applied.*boom"):
         smash(build_tiny("llama"), cfg, verbose=False)
+    alone = SmashConfig({"quantizer": "half"}, device="cpu")
+    with pytest.raises(SmashError, match="half failed as the first algorithm.*load it again.*boom"):
+        smash(build_tiny("llama"), alone, verbose=False)
 
 
 def test_progress_is_shown_unless_verbose_is_false(capsys):

@@ -147,6 +147,18 @@ def test_layer_only_families_lose_layers_and_load_back(name, tokenizer, tmp_path
         assert type(plain.model.layers[0].mlp) is type(kept.mlp)
 
 
+def test_qwen_moe_dense_blocks_stay_dense_when_renumbered(tmp_path):
+    """Keeping only the last block, the dense one (mlp_only_layers=[1]), makes it block 0: the config must say so."""
+    config = build_tiny("qwen2_moe").config
+    config.mlp_only_layers = [1]
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    smashed = smash(model, _config(_distiller(steps=0, layer_selection="evenly_spaced")), verbose=False)
+    assert smashed.model.config.mlp_only_layers == [0]
+    expected = _logits(smashed, "qwen2_moe")
+    smashed.save_pretrained(tmp_path)
+    torch.testing.assert_close(_logits(transformers.AutoModelForCausalLM.from_pretrained(tmp_path), "qwen2_moe"), expected)
+
+
 @pytest.mark.parametrize("name", ["mixtral", "bloom", "mamba"])
 def test_layer_only_families_refuse_channel_cuts_and_say_why(name):
     cfg = _config({"pruner": "torch_structured", "torch_structured_importance": "magnitude",

@@ -44,7 +44,6 @@ class Family:
     no_heads_reason: str = ""
     #: how many stacked parts of the MLP width each ``mlp_in`` layer outputs (2: Phi-3's fused [gate; up])
     mlp_in_parts: int = 1
-
     #: why MLP channels cannot be removed, when they cannot
     no_channels_reason: str = ""
 
@@ -60,6 +59,11 @@ class Family:
     def rows_per_channel(self) -> int:
         """Weight rows (or columns) of ``hidden_size`` values that one MLP channel owns, the down projection's included."""
         return len(self.mlp_in) * self.mlp_in_parts + 1
+
+
+def _derived_head_size(config_name: str) -> str:
+    return (f"{config_name}'s config has no head_dim field (transformers computes hidden_size / "
+            "num_attention_heads), so fewer heads could not be loaded back")
 
 
 LLAMA = Family(
@@ -91,14 +95,8 @@ BERT = Family(
     mlp_out="output.dense",
     mlp_width_field="intermediate_size",
     layers_field="num_hidden_layers",
-    no_heads_reason="BERT's config has no head_dim (transformers computes hidden_size / num_attention_heads), "
-    "so fewer heads could not be loaded back",
+    no_heads_reason=_derived_head_size("BERT"),
 )
-def _derived_head_size(config_name: str) -> str:
-    return (f"{config_name}'s config has no head_dim field (transformers computes hidden_size / "
-            "num_attention_heads), so fewer heads could not be loaded back")
-
-
 OPT = Family(
     name="OPT",
     model_types=("opt",),
@@ -156,6 +154,8 @@ FALCON = Family(
 _EXPERTS = ("its MLP is a mixture of experts, each with its own width, which one config field cannot describe "
             "after a cut")
 _NO_HEADS_MOE = "structured pruning of mixture-of-experts models removes whole layers only"
+
+
 def layers_only(name: str, model_types: tuple[str, ...], blocks: str, no_heads_reason: str, no_channels_reason: str) -> Family:
     """A family whose config can only lose whole layers."""
     return Family(name=name, model_types=model_types, blocks=blocks, mlp_in=(), mlp_out=None, mlp_width_field=None,
