@@ -173,7 +173,7 @@ def test_moe_experts_fused_in_the_checkpoint_or_partly_quantized_are_refused(tmp
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("family", ["gemma3", "phi", "opt", "gpt_neox", "falcon", "bloom", "llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["gemma3", "phi", "opt", "gpt_neox", "falcon", "bloom", "llava", "qwen2_vl", "t5", "bart", "bert"])
 def test_every_linear_family_loads_in_plain_transformers(family, tmp_path):
     """Names as the checkpoint has them (GPT-NeoX's head is embed_out there, lm_head in the model) and
     config targets as the model has them: transformers quantizes every layer it reads."""

@@ -16,7 +16,7 @@ from tests.tiny_models import build_tiny, tiny_inputs
 
 DECODERS = ["llama", "gemma3", "gemma2", "qwen2", "qwen3", "mistral", "phi3", "phi", "gpt2", "opt", "gpt_neox", "falcon", "bloom",
             "mixtral", "qwen2_moe", "gpt_oss", "llava", "qwen2_vl", "gemma3_vlm"]
-FAMILIES = [*DECODERS, "bert", "t5", "mamba"]
+FAMILIES = [*DECODERS, "bert", "t5", "bart", "mamba"]
 #: quantizer label -> (SmashConfig values, bound, families it claims). "all_linear" where the algorithm
 #: allows it, so tied heads (Llama, Gemma 3, Qwen) are quantized and the tie is exercised.
 QUANTIZERS = {
@@ -27,7 +27,8 @@ QUANTIZERS = {
     "hqq": ({"quantizer": "hqq"}, 0.5, FAMILIES),
     "bnb_4bit": ({"quantizer": "bnb_4bit"}, 0.5, FAMILIES),
     "llm_int8": ({"quantizer": "llm_int8", "llm_int8_target_modules": "all_linear"}, 0.05, FAMILIES),
-    "gptq": ({"quantizer": "gptq", "gptq_method": "rtn", "gptq_weight_bits": 8, "gptq_group_size": -1}, 0.05, DECODERS),
+    "gptq": ({"quantizer": "gptq", "gptq_method": "rtn", "gptq_weight_bits": 8, "gptq_group_size": -1}, 0.05,
+             [*DECODERS, "bert", "t5", "bart"]),
     "half": ({"quantizer": "half", "half_dtype": "bfloat16"}, 0.02, FAMILIES),
 }
 CASES = [(quantizer, family) for quantizer, (_, _, families) in QUANTIZERS.items() for family in families]

@@ -349,8 +349,120 @@ def test_missing_data_is_named(tokenizer):
 
 
 def test_unsupported_model_names_the_supported_layouts(tokenizer):
-    with pytest.raises(UnsupportedModelError, match="Llama-like.*GPT-2"):
-        smash(build_tiny("bert"), gptq_config(tokenizer, "PydocTopics"), verbose=False)
+    with pytest.raises(UnsupportedModelError, match="T5.*BART.*Llama-like.*GPT-2.*BERT"):
+        smash(build_tiny("mamba"), gptq_config(tokenizer, "PydocTopics"), verbose=False)
+
+
+def test_a_speech_model_is_refused_with_what_to_use_instead(tokenizer):
+    """Whisper's blocks sit where BART's do, but it reads audio features: calibrated on text it would fail
+    in the first forward pass."""
+    with pytest.raises(UnsupportedModelError, match="reads speech.*hqq"):
+        smash(build_tiny("whisper"), gptq_config(tokenizer, "PydocTopics"), verbose=False)
+
+
+def test_the_gptqmodel_backend_refuses_encoder_decoders_before_touching_them(tokenizer, monkeypatch):
+    monkeypatch.setattr("smashlib.gptq.gptqmodel_backend.check_available", lambda settings: None)  # as if installed
+    model = build_tiny("t5")
+    with pytest.raises(UnsupportedModelError, match="gptq_backend='torch'"):
+        smash(model, gptq_config(tokenizer, "PydocTopics", gptq_backend="gptqmodel"), verbose=False)
+    assert type(model.encoder.block[0].layer[0].SelfAttention.q) is torch.nn.Linear
+
+
+# ====================================================================== what each block is given
+def replayed_and_real_outputs(model, batches, stack: str, seq2seq: bool = False):
+    """The stack's last block's outputs when its blocks are replayed, float, on what calibration captured,
+    and the same outputs in the model's own forward pass."""
+    from smashlib.gptq.layerwise import capture_block_inputs, decoder_inputs, run_block
+
+    blocks = model.get_submodule(stack)
+    calls = capture_block_inputs(model, blocks, batches, seq2seq)
+    replayed = []
+    for batch_index in range(len(batches)):
+        hidden = calls[0][batch_index].hidden
+        for block, per_batch in zip(blocks, calls):
+            hidden = run_block(block, per_batch[batch_index], hidden)
+        replayed.append(hidden)
+    real = []
+    handle = blocks[-1].register_forward_hook(lambda module, args, out: real.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(**(decoder_inputs(model, batch) if seq2seq else batch), use_cache=False)
+    finally:
+        handle.remove()
+    return replayed, real
+
+
+@pytest.mark.parametrize("name,stack,seq2seq", [
+    ("gemma3_mixed", "model.layers", False),  # a sliding-window block, then a full-attention one
+    ("gpt_oss", "model.layers", False),
+    ("t5", "encoder.block", True),  # later blocks get the position bias the first one computes
+    ("t5", "decoder.block", True),
+    ("bart", "model.decoder.layers", True),
+])
+def test_each_block_is_calibrated_on_what_the_model_gives_it(name, stack, seq2seq, calibration):
+    """Replaying the blocks on the captured inputs reproduces the model. Calibration once gave every block
+    the first block's masks and rotary embeddings: Gemma 3's and GPT-OSS's full-attention blocks were
+    calibrated with a sliding window (16 tokens here, of 64) and Gemma 3's with the local rotary base."""
+    if name == "gemma3_mixed":
+        import transformers
+
+        torch.manual_seed(0)
+        config = transformers.Gemma3TextConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=256, max_position_embeddings=128, head_dim=16, sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"],
+        )
+        model = transformers.Gemma3ForCausalLM(config).eval()
+    else:
+        model = build_tiny(name)
+    with torch.no_grad():
+        replayed, real = replayed_and_real_outputs(model, calibration[:2], stack, seq2seq)
+    for mine, theirs in zip(replayed, real, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-5), (mine - theirs).abs().max()
+
+
+@pytest.mark.parametrize("name,runs", [("llama", 1), ("t5", 1 + 3)])
+def test_capture_runs_blocks_returning_tensors_only_on_the_first_row(name, runs, calibration):
+    """Transformers 5's decoder layers return a tensor: the model can pass the next block nothing else they
+    computed, so capturing every block's arguments costs one row's forward pass; T5's blocks return tuples
+    (the position bias) and run in the probe and in each of the 3 batches."""
+    from smashlib.gptq.layerwise import capture_block_inputs
+
+    model = build_tiny(name)
+    blocks = model.model.layers if name == "llama" else model.encoder.block
+    counts = [0] * len(blocks)
+    inner = [block.mlp if name == "llama" else block.layer[-1] for block in blocks]  # runs only if the block does
+    hooks = [module.register_forward_hook(lambda *a, i=i: counts.__setitem__(i, counts[i] + 1)) for i, module in enumerate(inner)]
+    with torch.no_grad():
+        calls = capture_block_inputs(model, blocks, calibration[:3], seq2seq=name == "t5")
+    for hook in hooks:
+        hook.remove()
+    assert [len(per_block) for per_block in calls] == [3] * len(blocks)
+    assert counts[:-1] == [runs] * (len(blocks) - 1) and counts[-1] == 0  # the last block is never run
+
+
+@pytest.mark.parametrize("name,packed", [("t5", 28), ("bart", 32), ("bert", 12)])
+def test_encoder_decoders_and_encoders_quantize_every_block_layer_and_reload_exactly(name, packed, tokenizer, tmp_path):
+    """T5 (``wo`` kept in float, as transformers keeps it), BART's 2 + 2 blocks, BERT's encoder. Their heads
+    stay float: they share one table with the embeddings of both stacks."""
+    model = build_tiny(name)
+    inputs = tiny_inputs(name)
+    with torch.no_grad():
+        reference = model(**inputs).logits
+    smashed = smash(model, gptq_config(tokenizer, "PydocTopics", gptq_weight_bits=8, gptq_group_size=-1), verbose=False)
+    layers = [n for n, m in smashed.model.named_modules() if isinstance(m, PackedLinear)]
+    assert len(layers) == packed and not any(n.endswith((".wo", "lm_head", "classifier")) for n in layers), layers
+    with torch.no_grad():
+        output = smashed(**inputs).logits
+    assert ((output - reference).norm() / reference.norm()) < 0.03
+    smashed.save_pretrained(tmp_path / "saved")
+    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, output)
+    if name != "bert":
+        generated = smashed.generate(input_ids=inputs["input_ids"], max_new_tokens=4, do_sample=False)
+        assert torch.equal(loaded.generate(input_ids=inputs["input_ids"], max_new_tokens=4, do_sample=False), generated)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is not None, reason="GPTQModel is installed here")
@@ -441,6 +553,10 @@ def test_the_sensitive_blocks_follow_llama_cpps_rule():
     # MoE: every expert's down projection (llama.cpp's ffn_down_exps) and the shared expert's
     ("qwen2_moe", {"model.layers.1.self_attn.v_proj", "model.layers.1.mlp.shared_expert.down_proj",
                    *(f"model.layers.1.mlp.experts.down_proj.{expert}" for expert in range(4))}),
+    # encoder-decoders: the second block of each stack (T5's wo is kept in float, so only its values)
+    ("t5", {"encoder.block.1.layer.0.SelfAttention.v", "decoder.block.1.layer.0.SelfAttention.v"}),
+    ("bart", {f"model.{stack}.layers.1.{layer}" for stack in ("encoder", "decoder") for layer in ("self_attn.v_proj", "fc2")}),
+    ("bert", {"bert.encoder.layer.1.attention.self.value", "bert.encoder.layer.1.output.dense"}),
 ])
 def test_sensitive_layers_at_8_bits_in_every_family_save_and_load_exactly(name, sensitive, tokenizer, tmp_path):
     values = {"gptq_sensitive_layers_precision": "int8", "gptq_desc_act": name != "gpt2"}

@@ -167,6 +167,16 @@ def _t5():
     return transformers.AutoModelForSeq2SeqLM.from_config(config)
 
 
+def _bart():
+    """BART: an encoder-decoder whose head and both stacks' embeddings share one table; learned positions."""
+    config = transformers.BartConfig(
+        d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=256, max_position_embeddings=128,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None,
+    )
+    return transformers.AutoModelForSeq2SeqLM.from_config(config)
+
+
 def _whisper():
     config = transformers.WhisperConfig(
         d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
@@ -182,7 +192,7 @@ FAMILY_BUILDERS = {
     "gemma3": _gemma3, "gemma2": _gemma2, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "phi3": _phi3,
     "phi": _phi, "opt": _opt, "gpt_neox": _gpt_neox, "falcon": _falcon, "bloom": _bloom,
     "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "gpt_oss": _gpt_oss, "mamba": _mamba,
-    "llava": _llava, "qwen2_vl": _qwen2_vl, "gemma3_vlm": _gemma3_vlm,
+    "llava": _llava, "qwen2_vl": _qwen2_vl, "gemma3_vlm": _gemma3_vlm, "bart": _bart,
 }
 
 
@@ -200,7 +210,7 @@ def tiny_inputs(name: str, batch: int = 2, length: int = 8) -> dict[str, torch.T
             "input_features": torch.randn(batch, 16, 64, generator=generator),
             "decoder_input_ids": ids[:, :4],
         }
-    if name == "t5":
+    if name in ("t5", "bart"):
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": ids[:, :4]}
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 

@@ -35,6 +35,7 @@ from smashlib.casting import DTYPES, cast_model, prepare_cast_model
 from smashlib.errors import SmashConfigError, UnsupportedModelError
 from smashlib.gptq.block_grids import BLOCK_GRIDS
 from smashlib.gptq.layerwise import (
+    NOT_TEXT,
     Grid,
     LayerGrids,
     SolverOptions,
@@ -149,7 +150,7 @@ class GPTQ(Algorithm):
             return []
         selected = set(super().target_names(model, settings))
         names = [name for block in block_layer_names(model, layout, selected) for name in block]
-        head = output_head_name(model)
+        head = output_head_name(model) if layout.head else None
         return names + ([head] if head is not None and head in selected else [])
 
     def _plan(self, model: nn.Module, settings: dict[str, Any]) -> tuple[set[str], Grid | None]:
@@ -188,11 +189,25 @@ class GPTQ(Algorithm):
             check_available(settings)
 
     def check_model(self, model: nn.Module) -> None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type in NOT_TEXT:
+            raise UnsupportedModelError(
+                f"gptq calibrates on text, and {type(model).__name__} reads {NOT_TEXT[model_type]}: use a quantizer "
+                "without calibration (hqq, torch_dynamic, half) for it."
+            )
         if find_layout(model) is None:
             raise UnsupportedModelError(
-                f"gptq calibrates decoder language models block by block and knows these layouts: "
+                f"gptq calibrates text models block by block and knows these layouts: "
                 f"{supported_families()}. {type(model).__name__} has none of them; for other models use a "
                 "quantizer without calibration (hqq, torch_dynamic)."
+            )
+
+    def prepare_run(self, model, settings, components):
+        layout = find_layout(model)
+        if settings["backend"] == "gptqmodel" and not layout.causal_lm:
+            raise UnsupportedModelError(
+                f"gptq_backend='gptqmodel' quantizes decoder language models; {type(model).__name__} is one of "
+                f"the {layout.family}: use gptq_backend='torch' (the default)."
             )
 
     def apply(self, model, settings, components):

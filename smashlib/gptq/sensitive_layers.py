@@ -15,7 +15,7 @@ import re
 
 from torch import nn
 
-from smashlib.gptq.layerwise import Layout, block_layer_names
+from smashlib.gptq.layerwise import Layout, stack_layer_names
 
 #: Endings of the full names of the sensitive layers: Llama-like and OPT (v_proj, down_proj / fc2), GPT-2
 #: (mlp.c_proj; its value projection is fused into c_attn with the queries and keys, which stay as they are),
@@ -23,7 +23,12 @@ from smashlib.gptq.layerwise import Layout, block_layer_names
 SENSITIVE_ENDINGS = (".self_attn.v_proj", ".mlp.down_proj", ".fc2", ".mlp.c_proj", ".mlp.dense_4h_to_h")
 #: A MoE block's expert down projections (split by smashlib.layers.expert_linears): llama.cpp's rule counts
 #: its ffn_down_exps tensors as ffn_down, so do we. Its shared expert ends in .mlp.shared_expert.down_proj.
-EXPERT_DOWN = re.compile(r"\.experts\.down_proj\.\d+$|\.shared_experts?\.down_proj$")
+#: T5's self-attention values and MLP output (``wo``, kept in float unless included), BERT's and RoBERTa's
+#: (``attention.self.value``; the block's ``output.dense``, not the attention's).
+OTHER_SENSITIVE = re.compile(
+    r"\.experts\.down_proj\.\d+$|\.shared_experts?\.down_proj$|\.SelfAttention\.v$|\.DenseReluDense\.wo$"
+    r"|\.attention\.self\.value$|\.layer\.\d+\.output\.dense$"
+)
 
 
 def more_bits(index: int, blocks: int) -> bool:
@@ -33,9 +38,10 @@ def more_bits(index: int, blocks: int) -> bool:
 
 
 def sensitive_layer_names(model: nn.Module, layout: Layout) -> set[str]:
-    """Full names of the block layers that the rule keeps at more bits."""
-    per_block = block_layer_names(model, layout)
+    """Full names of the block layers that the rule keeps at more bits (blocks counted within each stack:
+    an encoder-decoder's encoder and decoder each have their first and last eighth)."""
     return {
-        name for index, names in enumerate(per_block) if more_bits(index, len(per_block))
-        for name in names if name.endswith(SENSITIVE_ENDINGS) or EXPERT_DOWN.search(name)
+        name for per_block in stack_layer_names(model, layout)
+        for index, names in enumerate(per_block) if more_bits(index, len(per_block))
+        for name in names if name.endswith(SENSITIVE_ENDINGS) or OTHER_SENSITIVE.search(name)
     }
