@@ -155,7 +155,7 @@ def test_the_default_bf16_grid_is_refused_with_the_fix(tokenizer, tmp_path):
 def test_other_architectures_and_algorithms_are_refused(tokenizer, tmp_path):
     from smashlib.export.gguf import save_gguf
 
-    with pytest.raises(UnsupportedExportError, match="Llama architecture"):
+    with pytest.raises(UnsupportedExportError, match="Llama, Mistral, Qwen2 and Qwen3 architectures"):
         save_gguf(build_tiny("gpt2"), tmp_path / "g.gguf", tokenizer=tokenizer)
     smashed = smash(build_tiny("llama"), SmashConfig({"quantizer": "half"}, device="cpu"), verbose=False)
     with pytest.raises(UnsupportedExportError, match="half"):
@@ -191,6 +191,105 @@ def test_a_pruned_model_exports_its_smaller_shapes(tokenizer, target, tmp_path):
     with torch.no_grad():
         ours = smashed(input_ids=torch.tensor([ids])).logits[0].float()
     assert ((theirs - ours).norm() / ours.norm()).item() < 0.03  # llama.cpp's int8 activations: ~0.01
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+
+
+def architecture_model(name: str):
+    """Tiny models of the other architectures the exporter writes: Llama 3.1's rope scaling (its
+    frequencies scaled from the second on at this size), Mistral, Qwen2 (q/k/v biases), and Qwen3 with
+    head_dim larger than hidden / heads, as Qwen3-0.6B has it (128 against 64)."""
+    import transformers
+
+    if name in ("mistral", "qwen2"):
+        return build_tiny(name)
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 128}
+    if name == "llama3_rope":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**sizes, rope_parameters=LLAMA3_ROPE)).eval()
+    return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**sizes, head_dim=32, tie_word_embeddings=True)).eval()
+
+
+def llama3_rope_factors(head_dim: int, rope: dict) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf.py (LlamaModel.generate_extra_tensors), written out independently."""
+    import math
+
+    base, factor = rope["rope_theta"], rope["factor"]
+    low, high, old = rope["low_freq_factor"], rope["high_freq_factor"], rope["original_max_position_embeddings"]
+    factors = []
+    for freq in 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+@pytest.mark.parametrize("name,architecture", [("llama3_rope", "llama"), ("mistral", "llama"), ("qwen2", "qwen2"), ("qwen3", "qwen3")])
+def test_other_architectures_are_written_as_llama_cpps_converter_writes_them(name, architecture, tokenizer, tmp_path):
+    config = SmashConfig({"quantizer": "gptq", "gptq_grid": "q8_0", "gptq_weight_bits": 8, "gptq_group_size": 32,
+                          "gptq_method": "rtn"}, device="cpu")
+    config.add_tokenizer(tokenizer)
+    smashed = smash(architecture_model(name), config, verbose=False)
+    path = smashed.save_pretrained(tmp_path / "m.gguf", format="gguf")
+    reader, tensors = read(path)
+    fields = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    model_config = smashed.model.config
+    assert fields["general.architecture"] == architecture
+    layer = smashed.model.model.layers[1].self_attn
+    q_values = dequantized(tensors["blk.1.attn_q.weight"])
+    if architecture == "llama":  # llama.cpp's rotary pairs adjacent rows; Qwen's pairs halves, as transformers does
+        q_values = undo_rotary_order(q_values, model_config.num_attention_heads)
+    assert np.array_equal(q_values, layer.q_proj.dequantize().numpy())
+    if name == "llama3_rope":
+        expected = llama3_rope_factors(model_config.hidden_size // model_config.num_attention_heads, LLAMA3_ROPE)
+        assert np.allclose(dequantized(tensors["rope_freqs.weight"]), expected, rtol=1e-5) and (expected != 1).any()
+    else:
+        assert "rope_freqs.weight" not in tensors
+    if name == "qwen2":
+        for short, hf in [("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj")]:
+            bias = getattr(layer, hf).bias.detach().numpy()
+            assert np.array_equal(dequantized(tensors[f"blk.1.{short}.bias"]), bias)
+        assert "blk.1.attn_output.bias" not in tensors
+    if name == "qwen3":
+        assert np.array_equal(dequantized(tensors["blk.1.attn_q_norm.weight"]), layer.q_norm.weight.detach().numpy())
+        assert fields["qwen3.attention.key_length"] == model_config.head_dim == 32
+    try:
+        import llama_cpp  # optional: the benchmarks' engine, built from source, never installed by CI
+    except ImportError:
+        return
+    ids = tokenizer("the quick brown fox jumps over the lazy dog and runs far away")["input_ids"][:12]
+    engine = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=64)
+    engine.eval(ids)
+    theirs = torch.tensor(np.array(engine.scores[: len(ids)]))
+    with torch.no_grad():
+        ours = smashed(input_ids=torch.tensor([ids])).logits[0].float()
+    assert ((theirs - ours).norm() / ours.norm()).item() < 0.03  # llama.cpp's int8 activations: ~0.01
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 32}},
+     "rope_type='yarn'"),
+    ({"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 0}, "sliding-window"),
+])
+def test_what_llama_cpp_would_compute_differently_is_refused(change, match, tokenizer, tmp_path):
+    import transformers
+
+    from smashlib.export.gguf import save_gguf
+
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 128}
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**sizes, **change))
+    with pytest.raises(UnsupportedExportError, match=match):
+        save_gguf(model, tmp_path / "m.gguf", tokenizer=tokenizer)
+    assert not (tmp_path / "m.gguf").exists()
 
 
 def test_a_grid_needs_its_bits_and_block_size():

@@ -9,10 +9,12 @@ What is written, as llama.cpp's own ``convert_hf_to_gguf.py`` writes it for the 
 - tensors under llama.cpp's names, q/k rows permuted into llama.cpp's rotary layout, packed layers
   as their exact blocks (smashlib.export.gguf_blocks), everything else F32 (or ``float_type="f16"``).
 
-Supported: Llama-architecture models (``model_type="llama"``: Llama 1/2/3 without rope scaling,
-SmolLM, SmolLM2, TinyLlama, ...) with BPE tokenizers, quantized by gptq on a ``gptq_grid``, or not
-quantized at all (an F32/F16 file: the input llama.cpp's own quantizer wants). Anything else is
-refused before a byte is written, naming what is supported.
+Supported (:data:`ARCHITECTURES`): Llama (Llama 1/2/3 and 3.1-3.3 with their ``llama3`` rope scaling, written
+as llama.cpp's ``rope_freqs`` tensor; SmolLM, SmolLM2, TinyLlama, ...), Mistral (written as Llama, as llama.cpp's
+converter does), Qwen2/2.5 (attention biases, rotary on halves: q/k rows kept in order) and Qwen3 (per-head
+q/k norms), with BPE tokenizers, quantized by gptq on a ``gptq_grid``, or not quantized at all (an F32/F16
+file: the input llama.cpp's own quantizer wants). Anything else is refused before a byte is written, naming
+what is supported.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import os
 import tempfile
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,26 @@ from smashlib.layers.linear_like import is_linear_like
 from smashlib.layers.packed_int import PackedEmbedding, PackedLinear
 
 FORMAT = "gguf"
-SUPPORTED_MODEL_TYPES = ("llama",)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How llama.cpp's converter writes one transformers ``model_type``."""
+
+    gguf_name: str  #: llama.cpp's architecture: the metadata prefix and the tensor-name map
+    interleaved_rotary: bool  #: llama.cpp's "llama" rope pairs adjacent rows, so q/k rows are reordered; Qwen's pairs halves, as HF does
+    attention_bias: bool  #: q/k/v biases (Qwen2), which the file must hold
+
+
+ARCHITECTURES = {
+    "llama": Architecture("llama", True, False),
+    "mistral": Architecture("llama", True, False),
+    "qwen2": Architecture("qwen2", False, True),
+    "qwen3": Architecture("qwen3", False, False),  # its q_norm / k_norm are norms: written like the others
+}
+SUPPORTED_MODEL_TYPES = tuple(ARCHITECTURES)
+#: Rotary types that only rescale frequencies, which llama.cpp reads as per-frequency factors (rope_freqs).
+FREQUENCY_SCALED_ROPE = ("llama3", "linear")
 
 #: the JSON of a tokenizer.json pre_tokenizer -> the name llama.cpp knows it by (tokenizer.ggml.pre).
 #: llama.cpp itself tells them apart by hashing a tokenized probe text; these are the ones checked here.
@@ -60,21 +82,52 @@ FILE_TYPES = {"q8_0": 7, "q4_0": 2, "q4_1": 3, "f32": 0, "f16": 1}
 def check_model(model: nn.Module) -> Any:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in ARCHITECTURES:
         raise UnsupportedExportError(
-            f"format='gguf' writes the Llama architecture (model_type in {list(SUPPORTED_MODEL_TYPES)}: Llama, SmolLM2, "
-            f"TinyLlama, ...); this model is {model_type or type(model).__name__}. Save it with format='smashlib' "
-            "or 'compressed-tensors' instead."
+            f"format='gguf' writes the Llama, Mistral, Qwen2 and Qwen3 architectures (model_type in "
+            f"{list(SUPPORTED_MODEL_TYPES)}: Llama 1-3, SmolLM2, TinyLlama, Qwen2.5, ...); this model is "
+            f"{model_type or type(model).__name__}. Save it with format='smashlib' or 'compressed-tensors' instead."
         )
     rope = getattr(config, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
+    rope_type = rope.get("rope_type", "default")
+    if rope_type != "default" and rope_type not in FREQUENCY_SCALED_ROPE:
         raise UnsupportedExportError(
-            f"format='gguf' writes plain rotary embeddings; this model uses rope_type={rope['rope_type']!r} "
-            "(Llama 3.1-style scaling), which this exporter does not write yet."
+            f"format='gguf' writes plain, linear and Llama 3 rotary embeddings; this model uses rope_type={rope_type!r}, "
+            "which this exporter does not write yet."
         )
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        raise UnsupportedExportError("format='gguf' writes Llama layers without biases; this model has attention or MLP biases.")
+    if rope_type != "default" and float(getattr(rotary_module(model), "attention_scaling", 1.0)) != 1.0:
+        raise UnsupportedExportError(f"format='gguf': rope_type={rope_type!r} with an attention scaling is not written yet.")
+    biased = getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)
+    if biased and not ARCHITECTURES[model_type].attention_bias:
+        raise UnsupportedExportError(
+            f"format='gguf' writes {model_type} layers without biases; this model has attention or MLP biases."
+        )
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()) or (
+        model_type == "qwen2" and getattr(config, "use_sliding_window", False)
+    ):
+        raise UnsupportedExportError(
+            f"format='gguf': llama.cpp's {ARCHITECTURES[model_type].gguf_name} attends over the whole context, and this "
+            "model has sliding-window attention layers."
+        )
     return config
+
+
+def rotary_module(model: nn.Module) -> nn.Module | None:
+    return getattr(getattr(model, "model", None), "rotary_emb", None)
+
+
+def rope_frequency_factors(model: nn.Module, config: Any) -> np.ndarray | None:
+    """llama.cpp's ``rope_freqs``: per rotary frequency, what the model divides the plain frequency by
+    (Llama 3's smoothed scaling, or linear scaling's constant factor); None for plain rotary embeddings.
+    Read off the model's own ``inv_freq``, so the file rotates exactly as transformers does."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") == "default":
+        return None
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    base = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    plain = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    return (plain / rotary_module(model).inv_freq.double()).float().numpy()
 
 
 def rotary_row_order(rows: int, heads: int) -> torch.Tensor:
@@ -100,9 +153,13 @@ def _weights(model: nn.Module, config: Any, float_type: str):
     """(gguf name, array, raw type or None, block type) for every tensor llama.cpp reads."""
     import gguf
 
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    architecture = ARCHITECTURES[config.model_type]
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[architecture.gguf_name.upper()], config.num_hidden_layers)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    rows_of = {"q_proj": heads, "k_proj": kv_heads}
+    rows_of = {"q_proj": heads, "k_proj": kv_heads} if architecture.interleaved_rotary else {}
+    factors = rope_frequency_factors(model, config)
+    if factors is not None:
+        yield "rotary_emb", gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors, None
     for module_name, module in model.named_modules():
         if isinstance(module, PackedEmbedding):
             continue  # the table is the packed head's: written once, as token_embd (see _resolve_tied)
@@ -111,6 +168,7 @@ def _weights(model: nn.Module, config: Any, float_type: str):
             short = module_name.rsplit(".", 1)[-1]
             order = rotary_row_order(module.out_features, rows_of[short]) if short in rows_of else None
             yield module_name, _tensor_name(name_map, f"{module_name}.weight"), block_bytes(module, kind, order), kind
+            yield from _bias(name_map, module_name, module, order)
             continue
         if not (is_linear_like(module) or isinstance(module, nn.Embedding) or module_name.endswith("norm")):
             if any(True for _ in module.parameters(recurse=False)):
@@ -124,6 +182,17 @@ def _weights(model: nn.Module, config: Any, float_type: str):
         if short in rows_of:
             data = data[rotary_row_order(data.shape[0], rows_of[short])]
         yield module_name, _tensor_name(name_map, f"{module_name}.weight"), _float_array(data, float_type), None
+        if is_linear_like(module):
+            yield from _bias(name_map, module_name, module, rotary_row_order(data.shape[0], rows_of[short]) if short in rows_of else None)
+
+
+def _bias(name_map: Any, module_name: str, module: nn.Module, order: torch.Tensor | None):
+    """A layer's bias as F32 (Qwen2's q/k/v), its rows in the weight's order."""
+    bias = getattr(module, "bias", None)
+    if bias is None:
+        return
+    data = bias.detach().float()
+    yield module_name, _tensor_name(name_map, f"{module_name}.bias"), (data if order is None else data[order]).numpy(), None
 
 
 def _resolve_tied(entries: list, model: nn.Module) -> list:
@@ -259,7 +328,7 @@ def save_gguf(
     handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     os.close(handle)
     try:
-        writer = gguf.GGUFWriter(staging, "llama")
+        writer = gguf.GGUFWriter(staging, ARCHITECTURES[config.model_type].gguf_name)
         write_architecture(writer, config, file_type)
         write_tokenizer(writer, tokenizer, config.vocab_size, tokenizer_pre)
         raw_types = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
