@@ -372,7 +372,8 @@ def test_the_gptqmodel_backend_refuses_encoder_decoders_before_touching_them(tok
 def replayed_and_real_outputs(model, batches, stack: str, seq2seq: bool = False):
     """The stack's last block's outputs when its blocks are replayed, float, on what calibration captured,
     and the same outputs in the model's own forward pass."""
-    from smashlib.gptq.layerwise import capture_block_inputs, decoder_inputs, run_block
+    from smashlib.data.calibration import with_decoder_inputs
+    from smashlib.gptq.layerwise import capture_block_inputs, run_block
 
     blocks = model.get_submodule(stack)
     calls = capture_block_inputs(model, blocks, batches, seq2seq)
@@ -387,7 +388,7 @@ def replayed_and_real_outputs(model, batches, stack: str, seq2seq: bool = False)
     try:
         with torch.no_grad():
             for batch in batches:
-                model(**(decoder_inputs(model, batch) if seq2seq else batch), use_cache=False)
+                model(**(with_decoder_inputs(model, batch) if seq2seq else batch), use_cache=False)
     finally:
         handle.remove()
     return replayed, real

@@ -16,6 +16,7 @@ import warnings
 from ConfigSpace import Categorical, Float, Integer
 
 from smashlib.algorithm import Algorithm
+from smashlib.data.calibration import with_decoder_inputs
 from smashlib.errors import UnsupportedModelError
 from smashlib.targets import is_linear, target_modules_hyperparameter
 from smashlib.training import TrainingOptions, fitting_length, train_to_match, training_batches
@@ -62,10 +63,13 @@ class LoraRecoverer(Algorithm):
         """Training runs the model on token batches alone (smashlib.training): a decoder-only model. Refused
         here, before a quantizer has run, rather than failing in the first training step after it."""
         config = getattr(model, "config", None)
-        if getattr(config, "is_encoder_decoder", False):
+        builds_decoder_inputs = callable(getattr(model, "prepare_decoder_input_ids_from_labels", None))
+        reads_text = getattr(model, "main_input_name", "input_ids") == "input_ids"
+        if getattr(config, "is_encoder_decoder", False) and not (builds_decoder_inputs and reads_text):
             raise UnsupportedModelError(
-                f"lora_recoverer trains on batches of text tokens fed to the model alone; {type(model).__name__} is an "
-                "encoder-decoder model, whose decoder needs its own inputs (T5, BART, Whisper are not supported yet)."
+                f"lora_recoverer trains on batches of text tokens; {type(model).__name__} is an encoder-decoder model "
+                "that cannot build its decoder inputs from them (text encoder-decoders like T5 and BART can; Whisper "
+                "reads speech)."
             )
         if getattr(config, "model_type", None) in TRAINS_ON_RAW_WEIGHTS:
             raise UnsupportedModelError(
@@ -104,6 +108,8 @@ class LoraRecoverer(Algorithm):
         steps, batch_size, seed = int(settings["steps"]), int(settings["batch_size"]), int(settings["seed"])
         options = TrainingOptions(steps, float(settings["learning_rate"]), float(settings["temperature"]), seed)
         batches = training_batches(components, steps, batch_size, seed, fitting_length(model, int(settings["sequence_length"])))
+        if getattr(model.config, "is_encoder_decoder", False):  # T5, BART: the text, shifted right, is the decoder's
+            batches = [with_decoder_inputs(model, batch) for batch in batches]
         with gradients_through_quantized(model):
             train_to_match(model, batches, options, parameters, teacher, desc="lora_recoverer")
         del teacher

@@ -65,6 +65,28 @@ def pack_texts(
     ]
 
 
+def with_decoder_inputs(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with decoder inputs for an encoder-decoder model, built from its ``labels`` (or else its input
+    ids, the text itself) the way the model builds them in training: shifted right behind the decoder start
+    token (``prepare_decoder_input_ids_from_labels`` where the model has it). Calibration, training and
+    evaluation feed token batches to T5 or BART this way. Batches that have decoder inputs, or no 2-D ids,
+    are returned as they are."""
+    if "decoder_input_ids" in batch or "input_ids" not in batch:
+        return batch
+    target = batch.get("labels", batch["input_ids"])
+    if target.dim() != 2:
+        return batch
+    build = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+    if callable(build):
+        return {**batch, "decoder_input_ids": build(labels=target)}
+    start = getattr(getattr(model, "config", None), "decoder_start_token_id", None)
+    if start is None:
+        return batch
+    shifted = target.new_full(target.shape, start)
+    shifted[:, 1:] = target[:, :-1].clamp(min=0)
+    return {**batch, "decoder_input_ids": shifted}
+
+
 def data_module(components: Any) -> SmashDataModule:
     """The SmashDataModule attached to a config (``components`` = ``cfg.components``), or a clear error."""
     module = getattr(components, "data", None)

@@ -18,7 +18,6 @@ import torch
 
 from smashlib.errors import MissingComponentError, SmashError
 from smashlib.evaluation.runtime import (
-    config_of,
     forward,
     is_encoder_decoder,
     logits_of,
@@ -215,23 +214,11 @@ def _from_name(name: str, tokenizer: Any, batch_size: int, limit: int | None, kw
 
 
 def _add_decoder_inputs(batches: list[dict[str, Any]], model: Any) -> None:
-    """Encoder-decoder models need decoder inputs: built from ``labels`` (or else the input ids) the way
-    the model itself builds them in training, by shifting right behind the decoder start token."""
+    """Encoder-decoder models need decoder inputs: each batch gets them in place (see with_decoder_inputs)."""
+    from smashlib.data.calibration import with_decoder_inputs
+
     module = unwrap(model)
-    build = getattr(module, "prepare_decoder_input_ids_from_labels", None)
-    start = getattr(config_of(model), "decoder_start_token_id", None)
-    for batch in batches:
-        if "decoder_input_ids" in batch or "input_ids" not in batch:
-            continue
-        target = batch.get("labels", batch["input_ids"])
-        if target.dim() != 2:
-            continue
-        if callable(build):
-            batch["decoder_input_ids"] = build(labels=target)
-        elif start is not None:
-            shifted = target.new_full(target.shape, start)
-            shifted[:, 1:] = target[:, :-1].clamp(min=0)
-            batch["decoder_input_ids"] = shifted
+    batches[:] = [with_decoder_inputs(module, batch) for batch in batches]
 
 
 def prepare_inputs(

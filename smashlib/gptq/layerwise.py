@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from smashlib.data.calibration import with_decoder_inputs
 from smashlib.gptq.solver import HessianAccumulator, QuantizedWeight, gptq_quantize, one_thread, rtn_quantize
 from smashlib.layers.linear_like import is_linear_like, linear_sizes, linear_weight
 from smashlib.layers.packed_int import PackedEmbedding, PackedLinear
@@ -241,14 +242,6 @@ class BlockCall:
     kwargs: dict[str, Any]
 
 
-def decoder_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``batch`` with decoder inputs for an encoder-decoder model: its text shifted right, as the model builds
-    them from labels in training (T5's and BART's ``prepare_decoder_input_ids_from_labels``)."""
-    if "decoder_input_ids" in batch:
-        return batch
-    return {**batch, "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(labels=batch["input_ids"])}
-
-
 def capture_block_inputs(
     model: nn.Module, blocks: nn.ModuleList, batches: Iterable[dict], seq2seq: bool = False
 ) -> list[list[BlockCall]]:
@@ -287,7 +280,7 @@ def capture_block_inputs(
     def run_model(batch: dict, rows: slice = slice(None)) -> None:
         inputs = {k: v[rows].to(device) for k, v in batch.items()}
         try:
-            model(**(decoder_inputs(model, inputs) if seq2seq else inputs), use_cache=False)
+            model(**(with_decoder_inputs(model, inputs) if seq2seq else inputs), use_cache=False)
         except _Captured:
             pass
 

@@ -77,7 +77,12 @@ def logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     return nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
 
 
-def language_model_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+def language_model_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy. A decoder-only model's logit t predicts token t + 1; an encoder-decoder's,
+    fed the text shifted right as decoder inputs, predicts token t itself."""
+    input_ids = batch["input_ids"]
+    if "decoder_input_ids" in batch:
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), input_ids.flatten())
     return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
 
 
@@ -157,7 +162,7 @@ def train_to_match(
                 group["lr"] = _learning_rate(step, options)
             out = student(**batch, output_hidden_states=wants_hidden)
             if teacher is None:
-                loss = language_model_loss(out.logits, batch["input_ids"])
+                loss = language_model_loss(out.logits, batch)
             else:
                 with torch.no_grad():
                     reference = teacher(**batch, output_hidden_states=wants_hidden)
