@@ -50,6 +50,22 @@ def undo_rotary_order(array: np.ndarray, heads: int) -> np.ndarray:
     return original
 
 
+def check_against_llama_cpp(path, smashed, tokenizer) -> None:
+    """llama.cpp's logits for the file against smashlib's, where llama-cpp-python is installed (the
+    benchmarks' engine, built from source: never installed by CI)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    ids = tokenizer("the quick brown fox jumps over the lazy dog and runs far away")["input_ids"][:12]
+    engine = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=64)
+    engine.eval(ids)
+    theirs = torch.tensor(np.array(engine.scores[: len(ids)]))
+    with torch.no_grad():
+        ours = smashed(input_ids=torch.tensor([ids])).logits[0].float()
+    assert ((theirs - ours).norm() / ours.norm()).item() < 0.03  # llama.cpp's int8 activations: ~0.01
+
+
 @pytest.mark.parametrize("grid", ["q8_0", "q4_0", "q4_1"])
 def test_gguf_blocks_dequantize_to_exactly_smashlibs_weights(tokenizer, grid, tmp_path):
     smashed = smash_on_grid(tokenizer, grid)
@@ -180,17 +196,7 @@ def test_a_pruned_model_exports_its_smaller_shapes(tokenizer, target, tmp_path):
         assert config.head_dim != config.hidden_size // config.num_attention_heads
         assert fields["llama.attention.key_length"] == fields["llama.attention.value_length"] == config.head_dim
     assert tensors["blk.0.attn_q.weight"].shape[1] == config.num_attention_heads * config.head_dim
-    try:
-        import llama_cpp  # optional: the benchmarks' engine, built from source, never installed by CI
-    except ImportError:
-        return
-    ids = tokenizer("the quick brown fox jumps over the lazy dog")["input_ids"][:8]
-    engine = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=64)
-    engine.eval(ids)
-    theirs = torch.tensor(np.array(engine.scores[: len(ids)]))
-    with torch.no_grad():
-        ours = smashed(input_ids=torch.tensor([ids])).logits[0].float()
-    assert ((theirs - ours).norm() / ours.norm()).item() < 0.03  # llama.cpp's int8 activations: ~0.01
+    check_against_llama_cpp(path, smashed, tokenizer)
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -261,17 +267,7 @@ def test_other_architectures_are_written_as_llama_cpps_converter_writes_them(nam
     if name == "qwen3":
         assert np.array_equal(dequantized(tensors["blk.1.attn_q_norm.weight"]), layer.q_norm.weight.detach().numpy())
         assert fields["qwen3.attention.key_length"] == model_config.head_dim == 32
-    try:
-        import llama_cpp  # optional: the benchmarks' engine, built from source, never installed by CI
-    except ImportError:
-        return
-    ids = tokenizer("the quick brown fox jumps over the lazy dog and runs far away")["input_ids"][:12]
-    engine = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=64)
-    engine.eval(ids)
-    theirs = torch.tensor(np.array(engine.scores[: len(ids)]))
-    with torch.no_grad():
-        ours = smashed(input_ids=torch.tensor([ids])).logits[0].float()
-    assert ((theirs - ours).norm() / ours.norm()).item() < 0.03  # llama.cpp's int8 activations: ~0.01
+    check_against_llama_cpp(path, smashed, tokenizer)
 
 
 @pytest.mark.parametrize("change,match", [
