@@ -47,6 +47,7 @@ from smashlib.gptq.layerwise import (
     supported_families,
 )
 from smashlib.gptq.sensitive_layers import sensitive_layer_names
+from smashlib.gptq.speech_calibration import check_speech_components, speech_calibration_batches
 from smashlib.layers.lowbit_kernels import DECODE_AUTO, DECODE_INT8_ONLY, DECODE_KERNELS, DECODE_WEIGHT_ONLY
 from smashlib.layers.packed_int import PackedLinear
 from smashlib.targets import target_modules_hyperparameter
@@ -209,6 +210,8 @@ class GPTQ(Algorithm):
                 f"gptq_backend='gptqmodel' quantizes decoder language models; {type(model).__name__} is one of "
                 f"the {layout.family}: use gptq_backend='torch' (the default)."
             )
+        if layout.inputs == "speech" and settings["method"] == "gptq":
+            check_speech_components(components)
 
     def apply(self, model, settings, components):
         options = SolverOptions(settings["method"], float(settings["damp_percent"]))
@@ -219,10 +222,11 @@ class GPTQ(Algorithm):
         from smashlib.data import calibration_batches
         from smashlib.data.activation_calibration import GPTQ_TOKENS_PER_BATCH
 
-        length = int(settings["sequence_length"])
-        batches = calibration_batches(
-            components, int(settings["calibration_samples"]), length, batch_size=max(1, GPTQ_TOKENS_PER_BATCH // length)
-        )
+        length, samples = int(settings["sequence_length"]), int(settings["calibration_samples"])
+        if find_layout(model).inputs == "speech":  # 30 s windows: 1500 encoder positions each
+            batches = speech_calibration_batches(model, components, samples, max(1, GPTQ_TOKENS_PER_BATCH // 1500))
+        else:
+            batches = calibration_batches(components, samples, length, batch_size=max(1, GPTQ_TOKENS_PER_BATCH // length))
         if settings["backend"] == "gptqmodel":
             from smashlib.gptq.gptqmodel_backend import quantize_with_gptqmodel
 

@@ -50,6 +50,8 @@ def audio_input(value: Any) -> torch.Tensor | str:
         return value.get_all_samples().data.float()
     if hasattr(value, "__array__"):
         return torch.as_tensor(value).float()
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (int, float)):
+        return torch.tensor(value, dtype=torch.float32)  # datasets stores arrays given to Dataset.from_dict as lists
     raise DataError(
         f"cannot read audio from a {type(value).__name__}: give waveform tensors or arrays, file paths, "
         "or the 'audio' column of a datasets.Dataset."

@@ -47,6 +47,10 @@ class Layout:
     tail: tuple[str, ...]
     seq2seq: bool = False
     head: bool = True
+    #: what calibration feeds it: "text" (token batches) or "speech" (smashlib.gptq.speech_calibration)
+    inputs: str = "text"
+    #: the model types it is restricted to, where its module paths are shared with other families
+    model_types: tuple[str, ...] = ()
 
     @property
     def causal_lm(self) -> bool:
@@ -61,6 +65,11 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout(
         "T5-like encoder-decoders (T5, mT5, Flan-T5: encoder.block, decoder.block)", ("encoder.block", "decoder.block"),
         ("decoder.final_layer_norm",), seq2seq=True, head=False,
+    ),
+    Layout(
+        "Whisper (model.model.encoder.layers, model.model.decoder.layers; calibrated on speech)",
+        ("model.encoder.layers", "model.decoder.layers"), ("model.decoder.layer_norm",), seq2seq=True,
+        inputs="speech", model_types=("whisper",),  # its head is tied to the decoder's embedding alone
     ),
     Layout(
         "BART-like encoder-decoders (BART, mBART, Marian, Pegasus: model.model.encoder.layers, model.model.decoder.layers)",
@@ -82,9 +91,9 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("BERT (bert.encoder.layer)", ("bert.encoder.layer",), (), head=False),
     Layout("RoBERTa, XLM-RoBERTa (roberta.encoder.layer)", ("roberta.encoder.layer",), (), head=False),
 )
-#: Models whose blocks match a layout but whose inputs are not text: calibrated on text they would fail in
-#: the first forward pass, after nothing useful was learned. model_type -> what to use instead.
-NOT_TEXT = {"whisper": "speech", "speech_to_text": "speech", "vision-encoder-decoder": "images", "nougat": "images"}
+#: Models whose blocks match a layout but whose inputs are neither text nor Whisper's speech: calibrated on
+#: text they would fail in the first forward pass. model_type -> what they read.
+NOT_TEXT = {"speech_to_text": "speech", "vision-encoder-decoder": "images", "nougat": "images"}
 
 
 def _lookup(model: nn.Module, path: str) -> Any:
@@ -109,9 +118,12 @@ def _blocks_of(model: nn.Module, path: str) -> nn.ModuleList | None:
 
 def find_layout(model: nn.Module) -> Layout | None:
     """The layout ``model`` follows, or None (also for models whose inputs are not text, :data:`NOT_TEXT`)."""
-    if getattr(getattr(model, "config", None), "model_type", None) in NOT_TEXT:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in NOT_TEXT:
         return None
     for layout in LAYOUTS:
+        if layout.model_types and model_type not in layout.model_types:
+            continue
         if all(_blocks_of(model, path) is not None for path in layout.stacks):
             return layout
     return None

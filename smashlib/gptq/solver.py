@@ -161,9 +161,13 @@ def gptq_quantize(
     rows, columns = W.shape
     if H.shape != (columns, columns):
         raise ValueError(f"the Hessian is {tuple(H.shape)}; a weight with {columns} input columns needs ({columns}, {columns})")
-    dead = torch.diag(H) == 0  # inputs never non-zero on the calibration data: their weights cannot matter
+    # Inputs that were exactly zero on every calibration token (GELU underflows to 0 for strongly negative
+    # pre-activations: 325 of Whisper tiny.en's last encoder MLP channels on short clips padded with
+    # silence) are rounded to nearest, their error passed to no other column. The reference code zeroes
+    # their weights instead, which is right only if they stay zero on every other input: on other speech
+    # they did not, and Whisper's word error rate went from 1.4% to 14%.
+    dead = torch.diag(H) == 0
     H[dead, dead] = 1
-    W[:, dead] = 0
     perm = None
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
