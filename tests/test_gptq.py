@@ -429,13 +429,7 @@ def test_whisper_is_calibrated_on_speech_and_reloads_exactly(tokenizer, tmp_path
     layers = [n for n, m in smashed.model.named_modules() if isinstance(m, PackedLinear)]
     assert len(layers) == 33 and "proj_out" in layers
     assert isinstance(smashed.model.model.decoder.embed_tokens, PackedEmbedding)
-    with torch.no_grad():
-        output = smashed(**inputs).logits
-    assert ((output - reference).norm() / reference.norm()) < 0.03
-    smashed.save_pretrained(tmp_path / "saved")
-    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
-    with torch.no_grad():
-        assert torch.equal(loaded(**inputs).logits, output)
+    loaded = close_to_the_model_and_reloaded_exactly(smashed, inputs, reference, tmp_path)
     features = inputs["input_features"]
     assert torch.equal(loaded.generate(input_features=features, max_new_tokens=4), smashed.generate(input_features=features, max_new_tokens=4))
 
@@ -556,6 +550,18 @@ def test_capture_runs_blocks_returning_tensors_only_on_the_first_row(name, runs,
     assert counts[:-1] == [runs] * (len(blocks) - 1) and counts[-1] == 0  # the last block is never run
 
 
+def close_to_the_model_and_reloaded_exactly(smashed, inputs, reference, tmp_path):
+    """8-bit logits within 3% of the model's; the saved folder loads back to the same logits. Returns it loaded."""
+    with torch.no_grad():
+        output = smashed(**inputs).logits
+    assert ((output - reference).norm() / reference.norm()) < 0.03
+    smashed.save_pretrained(tmp_path / "saved")
+    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, output)
+    return loaded
+
+
 @pytest.mark.parametrize("name,packed", [("t5", 28), ("bart", 32), ("bert", 12)])
 def test_encoder_decoders_and_encoders_quantize_every_block_layer_and_reload_exactly(name, packed, tokenizer, tmp_path):
     """T5 (``wo`` kept in float, as transformers keeps it), BART's 2 + 2 blocks, BERT's encoder. Their heads
@@ -567,13 +573,7 @@ def test_encoder_decoders_and_encoders_quantize_every_block_layer_and_reload_exa
     smashed = smash(model, gptq_config(tokenizer, "PydocTopics", gptq_weight_bits=8, gptq_group_size=-1), verbose=False)
     layers = [n for n, m in smashed.model.named_modules() if isinstance(m, PackedLinear)]
     assert len(layers) == packed and not any(n.endswith((".wo", "lm_head", "classifier")) for n in layers), layers
-    with torch.no_grad():
-        output = smashed(**inputs).logits
-    assert ((output - reference).norm() / reference.norm()) < 0.03
-    smashed.save_pretrained(tmp_path / "saved")
-    loaded = SmashedModel.from_pretrained(tmp_path / "saved")
-    with torch.no_grad():
-        assert torch.equal(loaded(**inputs).logits, output)
+    loaded = close_to_the_model_and_reloaded_exactly(smashed, inputs, reference, tmp_path)
     if name != "bert":
         generated = smashed.generate(input_ids=inputs["input_ids"], max_new_tokens=4, do_sample=False)
         assert torch.equal(loaded.generate(input_ids=inputs["input_ids"], max_new_tokens=4, do_sample=False), generated)
