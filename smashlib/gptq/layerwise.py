@@ -40,7 +40,8 @@ class Layout:
     the encoder's then the decoder's for encoder-decoder models, whose decoder blocks are calibrated on the
     outputs of the already quantized encoder (their cross-attention reads them). ``seq2seq`` models get
     decoder inputs in calibration: the text itself, shifted right as for training. ``head`` says whether
-    the output head may be quantized: encoder-decoders tie it to an embedding that both stacks read."""
+    the output head may be quantized: T5 and BART tie it to one embedding both stacks read (Whisper only to
+    its decoder's, which then reads the packed head's table, as Llama's embedding does)."""
 
     family: str
     stacks: tuple[str, ...]
