@@ -112,6 +112,11 @@ def check_model(model: nn.Module) -> Any:
     return config
 
 
+def head_dim_of(config: Any) -> int:
+    """The attention head size: the config's ``head_dim`` (Qwen3, pruned models), else hidden / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def rotary_module(model: nn.Module) -> nn.Module | None:
     return getattr(getattr(model, "model", None), "rotary_emb", None)
 
@@ -123,8 +128,7 @@ def rope_frequency_factors(model: nn.Module, config: Any) -> np.ndarray | None:
     rope = getattr(config, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") == "default":
         return None
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    head_dim = head_dim_of(config)
     base = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
     plain = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     return (plain / rotary_module(model).inv_freq.double()).float().numpy()
@@ -269,7 +273,7 @@ def write_architecture(writer: Any, config: Any, file_type: int) -> None:
     import gguf
 
     heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    head_dim = head_dim_of(config)
     rope = getattr(config, "rope_parameters", None) or {}
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(Path(str(getattr(config, "_name_or_path", "") or "model")).name)

@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from smashlib.data.calibration import data_module
+from smashlib.data.catalog import AUDIO_PROCESSING
 from smashlib.data.errors import DataError
 from smashlib.errors import MissingComponentError
-
-AUDIO_COLLATE = "audio_processing_collate"
 
 
 def check_speech_components(components: Any) -> None:
@@ -30,7 +29,7 @@ def check_speech_components(components: Any) -> None:
             "folder or Hub id (smashlib.bundled.whisper_tiny_en_path() offline)."
         )
     module = data_module(components)
-    if getattr(module.entry, "name", None) != AUDIO_COLLATE:
+    if getattr(module.entry, "name", None) != AUDIO_PROCESSING:
         raise DataError(
             f"gptq calibrates Whisper on speech with transcripts, and '{module.name}' is not speech: call "
             "cfg.add_data(...) with audio data, e.g. a datasets.Dataset with 'audio' (waveforms at 16 kHz, or file "
