@@ -51,6 +51,9 @@ BF16_DECODE = {"gptq_compute_dtype": "bfloat16", "compiler": "torch_compile", "t
 #: 8-bit decode calls on PyTorch's weight-only kernel instead of smashlib's VNNI kernel (the default where it runs).
 WEIGHT_ONLY_DECODE = {"gptq_decode_kernel": "weight_only"}
 
+#: generate's decoding step compiled ahead of time by AOTInductor (smashlib.aot_decode); prefill eager.
+AOT_DECODE = {"compiler": "torch_compile", "torch_compile_target": "aot_decode"}
+
 #: label -> recipe. The recommended recipes are the ones README.md names.
 RECIPES: dict[str, dict[str, Any]] = {
     "fp32 eager": {},
@@ -64,6 +67,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "gptq 8-bit + torch_compile, LocalTexts": {**EIGHT_BIT, "compiler": "torch_compile"},
     "gptq 8-bit + torch_compile, weight-only decode kernel": {**EIGHT_BIT, "compiler": "torch_compile",
                                                                **WEIGHT_ONLY_DECODE},
+    "gptq 8-bit + AOT-compiled decode": {**EIGHT_BIT, **AOT_DECODE},
+    "gptq 4-bit g32, sensitive layers 8-bit + AOT-compiled decode": {
+        "quantizer": "gptq", "gptq_sensitive_layers_precision": "int8", **AOT_DECODE},
     "gptq 4-bit g32 (defaults)": {"quantizer": "gptq"},
     "gptq 4-bit g32, 8-bit head": {"quantizer": "gptq", "gptq_output_head_precision": "int8"},
     "gptq 4-bit g32, 8-bit head, bf16 + compiled decode, LocalTexts": {
@@ -377,6 +383,8 @@ def drive(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         cache = work / f"{slug}-inductor-cache"
         env = {"TORCHINDUCTOR_CACHE_DIR": str(cache)} if compiled else None
         folder_args = ["--folder", str(folder)] if folder is not None else []
+        if RECIPES[label].get("torch_compile_target") == "aot_decode":
+            clear_aot_cache()  # the smash built it: a cold load on another machine builds it again
         say(f"[{label}] measuring" + (" (cold compiler caches)" if compiled else ""))
         _run_worker(["--worker", "measure", "--label", label, *folder_args, "--result", str(result), *common], env)
         measured = _read(result)
@@ -397,6 +405,15 @@ def drive(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         say("llama-cpp-python is not installed: the llama.cpp rows are skipped. It builds llama.cpp from source "
             "(minutes): CMAKE_ARGS='-DGGML_NATIVE=ON' pip install llama-cpp-python")
     return rows
+
+
+def clear_aot_cache() -> None:
+    """Empty smashlib's cache of AOT-compiled decoding steps, so the next load builds its step (cold)."""
+    import shutil
+
+    from smashlib.bundled import cache_root
+
+    shutil.rmtree(cache_root() / "aot_decode", ignore_errors=True)
 
 
 def _cell(value: Any, fmt: str) -> str:

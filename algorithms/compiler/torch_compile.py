@@ -17,7 +17,13 @@ reuse it) and runs its prefill, and any plain forward call, eagerly. It compiles
 several, so a loaded model is at full decode speed sooner (SmolLM2-135M 8-bit gptq on 2 cores: 11 s in a
 fresh process with the cache below, against 38 s for the compiled forward), at the price of an eager
 prefill (1.6x fp32 against 2.2x compiled; docs/cpu_recipe.md). It needs a decoder that supports a static
-cache (``model._can_compile_fullgraph``), checked before smashing.
+cache (``model._can_compile_fullgraph``), checked before smashing. ``"aot_decode"`` compiles the decoding step
+ahead of time with AOTInductor (smashlib.aot_decode): a library whose C++ wrapper runs the whole step, with
+no Dynamo guards and no Python between its kernels, over a preallocated cache of ``max_cache_len`` tokens
+that eager prefill fills and each step attends over as far as it is filled. The library is built once per
+machine into smashlib's cache folder (about 70 s for SmolLM2-135M on 2 cores) and loaded from there in
+about a second; ``generate`` calls that do not fit it (several sequences, beam search, more tokens than
+the cache holds) run as before. CPU only, full-attention decoders only.
 
 Warm-up. Compiling is what the first calls of a loaded model pay (on 2 CPU cores: tens of seconds for the
 prefill graph, more for decode's). Inductor keeps what it builds (generated code, compiled libraries,
@@ -35,7 +41,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ConfigSpace import Categorical
+from ConfigSpace import Categorical, Integer
 
 from smashlib.algorithm import Algorithm
 from smashlib.errors import UnsupportedDeviceError, UnsupportedModelError
@@ -90,6 +96,29 @@ def compile_decoding_step(model, options: dict) -> None:
     model.generation_config.compile_config = config
 
 
+def compile_forward(model, options: dict) -> None:
+    model.compile(backend=options["backend"], fullgraph=options["fullgraph"], dynamic=options["dynamic"],
+                  **({"mode": options["mode"]} if "mode" in options else {}))  # in place, state_dict keys unchanged
+
+
+def compile_ahead_of_time(model, options: dict) -> None:
+    from smashlib.aot_decode.runtime import attach
+
+    attach(model, options["max_cache_len"])
+
+
+def sliding_window_layers(model) -> int:
+    """How many of the decoder's layers attend over a sliding window (as transformers' cache would build them)."""
+    from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
+
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+    return sum(isinstance(layer, DynamicSlidingWindowLayer) for layer in cache.layers)
+
+
+#: target -> what compiling it does to the model (in place)
+TARGETS = {"forward": compile_forward, "decode": compile_decoding_step, "aot_decode": compile_ahead_of_time}
+
+
 class TorchCompile(Algorithm):
     name = "torch_compile"
     group = "compiler"
@@ -100,7 +129,9 @@ class TorchCompile(Algorithm):
         Categorical("fullgraph", [False, True], default=False),
         Categorical("dynamic", [None, True, False], default=None),
         Categorical("cache", ["smashlib", "torch"], default="smashlib"),
-        Categorical("target", ["forward", "decode"], default="forward"),
+        Categorical("target", ["forward", "decode", "aot_decode"], default="forward"),
+        # target "aot_decode" only: the tokens (prompt + new) its preallocated cache holds
+        Integer("max_cache_len", (16, 131_072), default=1024, log=True),
     )
 
     def check_settings(self, settings, device):
@@ -109,18 +140,30 @@ class TorchCompile(Algorithm):
                 "torch_compile with backend='inductor' builds C++ on the CPU and finds no C++ compiler: install one "
                 "(e.g. apt-get install g++) or set cfg['torch_compile_backend'] = 'aot_eager'."
             )
+        if settings.get("target") == "aot_decode" and (device != "cpu" or settings["backend"] != "inductor"):
+            raise UnsupportedDeviceError(
+                f"torch_compile_target='aot_decode' builds the decoding step with AOTInductor for the CPU; it needs "
+                f"device='cpu' and torch_compile_backend='inductor' (got device={device!r}, backend={settings['backend']!r})."
+            )
 
     def prepare_run(self, model, settings, components):
         self.check_target(model, settings)  # before any algorithm touches the model
 
     @staticmethod
     def check_target(model, settings) -> None:
-        if settings.get("target", "forward") != "decode":
+        target = settings.get("target", "forward")
+        if target == "forward":
             return
         if not callable(getattr(model, "generate", None)) or not getattr(model, "_can_compile_fullgraph", False):
             raise UnsupportedModelError(
-                f"torch_compile_target='decode' compiles generate's decoding step over a static KV cache, which "
+                f"torch_compile_target={target!r} compiles generate's decoding step over a static KV cache, which "
                 f"{type(model).__name__} does not support; use torch_compile_target='forward'."
+            )
+        if target == "aot_decode" and sliding_window_layers(model):
+            raise UnsupportedModelError(
+                f"torch_compile_target='aot_decode' keeps every token in its cache and attends over all of them; "
+                f"{type(model).__name__} has sliding-window layers ({sliding_window_layers(model)} of them), which it "
+                f"would attend wrongly past the window: use torch_compile_target='decode'."
             )
 
     def apply(self, model, settings, components):
@@ -129,9 +172,8 @@ class TorchCompile(Algorithm):
         options = {"backend": settings["backend"], "fullgraph": settings["fullgraph"], "dynamic": settings["dynamic"]}
         if settings["backend"] == "inductor":
             options["mode"] = settings["mode"]
-        if settings.get("target", "forward") == "decode":
+        target = settings.get("target", "forward")
+        if target != "forward":
             self.check_target(model, settings)
-            compile_decoding_step(model, options)
-            return model
-        model.compile(**options)  # nn.Module.compile: in place, state_dict keys unchanged
+        TARGETS[target](model, {**options, "max_cache_len": settings.get("max_cache_len", 1024)})
         return model

@@ -65,6 +65,17 @@ inline __m256i add_pair_products(__m256i acc, __m256i w, __m256i a) {
 #endif
 }
 
+// Ask for the weight bytes kPrefetchBytes ahead of those being multiplied. A mat-vec reads each weight once,
+// in order, so it is bound by how many cache lines are in flight per core: the hardware prefetcher alone
+// kept one core at about 7 GB/s on an AVX2 EPYC, and this brings SmolLM2's 211 products of a decode step
+// from 12.1 to 8.7 ms there (2 threads; 4 KB ahead: 9.0 ms, 8 KB: 13.4 ms, past the L1 it lands in).
+// Prefetching past the end of the weight is harmless: a prefetch never faults.
+constexpr int64_t kPrefetchBytes = 2048;
+template <typename T>
+inline void prefetch_ahead(const T* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+}
+
 inline float horizontal_sum(__m256 v) {
   __m128 low = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   low = _mm_hadd_ps(low, low);
@@ -98,6 +109,7 @@ torch::Tensor int8_vnni_matvec(const torch::Tensor& x_in, const torch::Tensor& w
         __m256 acc = _mm256_setzero_ps();
         for (int64_t b = 0; b < blocks; ++b) {
           const int8_t* wb = w_row + b * kBlock;
+          prefetch_ahead(wb);
           const int16_t* ab = a_row + b * kBlock;
           const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb)));
           const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 16)));
@@ -179,6 +191,8 @@ torch::Tensor int4_matvec(const torch::Tensor& x_in, const torch::Tensor& packed
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         for (int64_t b = 0; b < blocks; ++b) {
           const int16_t* ab = a_row + b * kBlock;
+          prefetch_ahead(p0 + b * (kBlock / 2));
+          prefetch_ahead(p1 + b * (kBlock / 2));
           const __m256i sums0 = int4_block_sums(p0 + b * (kBlock / 2), z0[b], ab);
           const __m256i sums1 = int4_block_sums(p1 + b * (kBlock / 2), z0[blocks + b], ab);
           acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums0), _mm256_set1_ps(d_row[b] * bf16_to_float(s0[b])), acc0);
