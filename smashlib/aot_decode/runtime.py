@@ -114,10 +114,10 @@ class CompiledDecoding:
         chosen = kwargs.get("generation_config") or generation_config
         setting = {name: kwargs.get(name, getattr(chosen, name, None))
                    for name in ("num_beams", "num_return_sequences", "max_new_tokens", "max_length", "cache_implementation",
-                                "assistant_model", "use_cache")}
+                                "use_cache")}
         if (setting["num_beams"] or 1) != 1 or (setting["num_return_sequences"] or 1) != 1 or setting["use_cache"] is False:
             return False
-        if setting["cache_implementation"] is not None or kwargs.get("assistant_model") is not None:
+        if setting["cache_implementation"] is not None or kwargs.get("assistant_model") is not None:  # its own cache
             return False
         total = ids.shape[1] + setting["max_new_tokens"] if setting["max_new_tokens"] is not None else setting["max_length"]
         return total is not None and total < self.capacity - 1
