@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import zipfile
 
 import pytest
 import torch
@@ -101,8 +102,35 @@ def test_calls_that_do_not_fit_the_cache_run_the_models_own_forward(smashed_pair
     assert torch.equal(greedy(compiled, too_long)[0], greedy(eager, too_long)[0])  # past the capacity
     with torch.no_grad():
         plain = compiled(input_ids=prompt()).logits  # a plain forward call
+        beams = {"num_beams": 2, "max_new_tokens": 4, "do_sample": False}
+        assert torch.equal(compiled.generate(prompt(), **beams), eager.generate(prompt(), **beams))  # beam search
     torch.testing.assert_close(plain, eager(input_ids=prompt()).logits, rtol=1e-4, atol=1e-4)
     assert calls == []
+
+
+def test_a_generate_while_another_holds_the_cache_runs_eagerly(smashed_pair):
+    _, eager, compiled = smashed_pair
+    decoding = compiled_decoding(compiled.model)
+    calls = counting_steps(compiled.model)
+    with decoding.lock:  # as a generate in another thread holds it
+        assert torch.equal(greedy(compiled, prompt())[0], greedy(eager, prompt())[0])
+    assert calls == []
+
+
+def test_the_library_calls_the_kernels_as_c_functions(smashed_pair):
+    """Not through AOTInductor's proxy executor, which boxes every call's arguments (int8_vnni_kernel.c_shims)."""
+    from smashlib.layers import int8_vnni_kernel
+
+    family, _, compiled = smashed_pair
+    if int8_vnni_kernel.unavailable_reason() is not None:
+        pytest.skip(f"the mat-vec kernel {int8_vnni_kernel.unavailable_reason()}")
+    with zipfile.ZipFile(compiled_decoding(compiled.model).package) as package:
+        wrapper = "".join(package.read(name).decode() for name in package.namelist() if name.endswith(".wrapper.cpp"))
+    calls = {op: wrapper.count(f"AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_{op}(") for op in int8_vnni_kernel.C_SHIMS}
+    bits = RECIPES[family].get("gptq_weight_bits")
+    layers = sum(isinstance(m, PackedLinear) for m in compiled.model.modules())
+    assert calls == {"int8_vnni_matvec": layers if bits == 8 else 0, "int4_matvec": layers if bits == 4 else 0}
+    assert "aoti_torch_proxy_executor_call_function(" not in wrapper
 
 
 def test_the_preallocated_cache_attends_like_a_dynamic_cache():

@@ -59,8 +59,10 @@ def test_8bit_layers_decode_on_the_kernel_and_prefill_on_the_gemm(tokens):
     assert layer.kernel_name == "int8_vnni_cpu" and plain.kernel_name == "int8pack_cpu"
     x = torch.randn(1, tokens, 256)
     expected = F.linear(x, layer.dequantize(), layer.bias)
-    if tokens > lowbit_kernels.GEMM_ROWS:  # prefill shapes: the very same bf16 GEMM either way
-        assert torch.equal(layer(x), plain(x))
+    if tokens > lowbit_kernels.GEMM_ROWS and layer.kernel.gemm_dtype == torch.bfloat16:
+        assert torch.equal(layer(x), plain(x))  # prefill shapes: the very same bf16 GEMM either way
+    elif tokens > lowbit_kernels.GEMM_ROWS:  # the library's fp32 GEMM, scales folded into the weight
+        assert (layer(x) - expected).abs().max() <= 1e-5 * expected.abs().max()
     else:  # decode shapes: closer to the exact product than the weight-only kernel's bf16 activations
         assert (layer(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
         assert (layer(x) - expected).abs().max() < (plain(x) - expected).abs().max()
@@ -179,6 +181,40 @@ def test_the_float32_prefill_is_one_op_in_a_compiled_graph(monkeypatch):
     torch._dynamo.reset()
     torch.compile(lambda rows: kernel(rows), fullgraph=True, backend=record)(x)
     assert torch.ops.smashlib.int8_float32_gemm.default in traced
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(48, 256), (37, 64), (1, 32)])
+def test_the_prefill_gemms_equal_the_float32_product_of_the_dequantized_weight(shape):
+    """int8_gemm and int4_gemm (prefill in fp32: dequantized in the library, scales folded in, y^T = W x^T)
+    give F.linear on the dequantized weight to fp32 rounding, for any number of rows and tokens."""
+    torch.manual_seed(0)
+    n, k = shape
+    x = torch.randn(23, k)
+    q8, s8 = torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n) * 0.01
+    y8 = torch.ops.smashlib.int8_gemm(x, q8, s8)
+    assert y8.shape == (23, n) and y8.is_contiguous()
+    torch.testing.assert_close(y8, F.linear(x, q8.float() * s8[:, None]), rtol=1e-5, atol=1e-5)
+    layout = int8_vnni_kernel.int4_kernel_layout(torch.randint(0, 16, (n, k)), torch.rand(n, k // 32) * 0.01,
+                                                 torch.randint(0, 16, (n, k // 32)))
+    torch.testing.assert_close(torch.ops.smashlib.int4_gemm(x.bfloat16(), *layout),
+                               F.linear(x.bfloat16().float(), int8_vnni_kernel.int4_dequantize(*layout)), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_the_kernels_float32_prefill_is_one_op_in_a_compiled_graph(monkeypatch):
+    monkeypatch.setattr(lowbit_kernels, "gemm_dtype", lambda: torch.float32)
+    kernel = lowbit_kernels.Int8VnniCPU(int8_layer())
+    x = torch.randn(lowbit_kernels.GEMM_ROWS + 4, 256)
+    traced = []
+
+    def record(graph, example_inputs):
+        traced.extend(node.target for node in graph.graph.nodes if node.op == "call_function")
+        return graph
+
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(lambda rows: kernel(rows), fullgraph=True, backend=record)(x), kernel(x))
+    assert torch.ops.smashlib.int8_gemm in traced
 
 
 # ====================================================================== 2-4 bits

@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 
 from smashlib.aot_decode.step import DecodeStep, compile_step
+from smashlib.layers import int8_vnni_kernel
 
-SOURCES = sorted(Path(__file__).parent.glob("*.py"))
+#: What a built library depends on besides the model: this package's code and the kernels' C functions.
+SOURCES = [*sorted(Path(__file__).parent.glob("*.py")), int8_vnni_kernel.SOURCE]
 #: Config entries that say where a model came from or how it was saved, not what its step computes (the
 #: tensors' names, dtypes and shapes are keyed separately).
 PROVENANCE = ("_name_or_path", "transformers_version", "architectures", "quantization_config", "dtype", "torch_dtype",
@@ -61,6 +63,7 @@ class CompiledDecoding:
         self.built = not self.package.is_file()
         if self.built:
             compile_step(self.step, self.package)
+        int8_vnni_kernel.unavailable_reason()  # the kernels' C functions loaded before the library that calls them
         runner = torch._inductor.aoti_load_package(str(self.package))
         wanted = runner.get_constant_fqns()
         tensors = self.step.constants()

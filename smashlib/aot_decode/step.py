@@ -14,6 +14,7 @@ import torch
 
 from smashlib.aot_decode.cache import PreallocatedCache, allocate_buffers
 from smashlib.aot_decode.kernel_views import exposed_kernel_tensors, kernel_constants
+from smashlib.layers import int8_vnni_kernel
 
 
 class DecodeStep(torch.nn.Module):
@@ -59,6 +60,8 @@ def compile_step(step: DecodeStep, package: Path) -> None:
         step.restore_cache()
     package.parent.mkdir(parents=True, exist_ok=True)
     partial = package.with_name(f"{package.stem}.{os.getpid()}.partial.pt2")
-    torch._inductor.aoti_compile_and_package(exported, package_path=str(partial),
-                                             inductor_configs={"aot_inductor.package_constants_in_so": False})
+    configs = {"aot_inductor.package_constants_in_so": False,
+               # the mat-vec kernels called as C functions, not through the proxy executor
+               "aot_inductor.custom_ops_to_c_shims": int8_vnni_kernel.c_shims()}
+    torch._inductor.aoti_compile_and_package(exported, package_path=str(partial), inductor_configs=configs)
     partial.replace(package)  # a reader never finds half a package

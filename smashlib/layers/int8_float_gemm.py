@@ -4,7 +4,9 @@ Without bf16 units (smashlib.layers.cpu_features) the long calls of an 8-bit lay
 fp32 for the call and multiply in fp32. Eager, the conversion costs 0.33 ms for a 1536 x 576 layer (a 128-token
 product then takes 1.80 ms against 1.47 ms on an fp32 weight, on an AVX2 EPYC); traced by torch.compile,
 Inductor generates the conversion itself and the same call took 2.23 ms. Registered as a custom op, the
-compiled graph calls the eager code instead (and keeps one graph: it has a fake implementation).
+compiled graph calls the eager code instead (and keeps one graph: it has a fake implementation). Where
+smashlib's kernel library runs, 8-bit layers use its ``int8_gemm`` instead (smashlib.layers.int8_vnni_kernel),
+which folds the scales into the conversion; this op is for the layers on PyTorch's weight-only kernel.
 """
 from __future__ import annotations
 

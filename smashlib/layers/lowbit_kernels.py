@@ -180,7 +180,9 @@ class Int4VnniCPU:
         rows = x.reshape(-1, x.shape[-1])
         if self.perm is not None:
             rows = rows.index_select(1, self.perm)
-        if rows.shape[0] > GEMM_ROWS:
+        if rows.shape[0] > GEMM_ROWS and self.gemm_dtype == torch.float32:
+            y = torch.ops.smashlib.int4_gemm(rows, self.packed, self.scales, self.zeros)
+        elif rows.shape[0] > GEMM_ROWS:
             weight = torch.ops.smashlib.int4_dequantize(self.packed, self.scales, self.zeros).to(self.gemm_dtype)
             y = F.linear(rows.to(self.gemm_dtype), weight)
         else:
@@ -251,6 +253,12 @@ class Int8VnniCPU(Int8PackCPU):
 
     def matvec(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.ops.smashlib.int8_vnni_matvec(rows, self.weight, self.float_scales)
+
+    def gemm(self, rows: torch.Tensor) -> torch.Tensor:
+        """Prefill in fp32: the library's GEMM, dequantizing with the scales folded in (int8_vnni_matvec.cpp)."""
+        if self.gemm_dtype == torch.float32:
+            return torch.ops.smashlib.int8_gemm(rows, self.weight, self.float_scales)
+        return super().gemm(rows)
 
 
 # registered after the VNNI form (which specializes it), so 8-bit layers get that first where it runs
